@@ -1,0 +1,86 @@
+# Sluice: the two commands are `make demo` (coming with the payer client) and `make test`.
+# Every target installs what it needs from the package registries (npm, crates.io) on first use;
+# a second run only checks stamps and takes seconds.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ROOT := $(abspath .)
+TOOLS := $(ROOT)/tools
+NODE_BIN := $(TOOLS)/node_modules/.bin
+CARGO_TOOLS := $(ROOT)/.tools/cargo
+CARGO_FUZZ := $(CARGO_TOOLS)/bin/cargo-fuzz
+JOBS ?= 2
+export CARGO_BUILD_JOBS ?= $(JOBS)
+
+# Pinned tool binaries (installed by `make tools`).
+ANVIL := $(NODE_BIN)/anvil
+FORGE := $(NODE_BIN)/forge
+SOLC := $(TOOLS)/solc-shim.js
+export FOUNDRY_SOLC := $(SOLC)
+export FOUNDRY_OFFLINE := true
+export SLUICE_ANVIL := $(ANVIL)
+export SLUICE_FORGE := $(FORGE)
+export PATH := $(NODE_BIN):$(PATH)
+
+# Fuzzing budgets: a short smoke inside `make test`, a longer run with `make fuzz`.
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS = $(shell sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^sluice-fuzz$$')
+
+.PHONY: all tools cargo-fuzz test test-contracts test-rust fuzz-smoke fuzz lint fmt artifacts clean help
+
+all: test
+
+help:
+	@echo "make test   install pinned tools if missing, then run every test (forge, cargo, fuzz smoke)"
+	@echo "make fuzz   fuzz every target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) seconds each"
+	@echo "make lint   rustfmt --check and clippy -D warnings on every crate"
+
+## ---- tools ---------------------------------------------------------------------------------
+
+tools: $(TOOLS)/node_modules/.sluice-stamp
+
+$(TOOLS)/node_modules/.sluice-stamp: $(TOOLS)/package.json $(TOOLS)/package-lock.json
+	cd $(TOOLS) && npm ci --legacy-peer-deps --no-audit --no-fund --loglevel=error
+	chmod +x $(SOLC)
+	touch $@
+
+cargo-fuzz: $(CARGO_FUZZ)
+
+$(CARGO_FUZZ):
+	cargo install --locked cargo-fuzz@0.13.2 --root $(CARGO_TOOLS)
+
+## ---- tests ---------------------------------------------------------------------------------
+
+test: tools test-contracts test-rust fuzz-smoke
+	@echo "make test: all suites passed"
+
+test-contracts: tools
+	@if [ -d contracts ]; then cd contracts && $(FORGE) build --quiet && $(MAKE) -C $(ROOT) --no-print-directory artifacts-check && $(FORGE) test; fi
+
+test-rust:
+	cargo fmt --all --check
+	cargo test --workspace --locked
+
+fuzz-smoke: cargo-fuzz
+	@if [ -d fuzz ]; then for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz smoke: $$t ($(FUZZ_SMOKE_SECONDS)s)"; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run --jobs 1 $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) -print_final_stats=0 >/dev/null 2>fuzz-$$t.log) || { tail -40 fuzz/fuzz-$$t.log; exit 1; }; \
+	done; fi
+
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t ($(FUZZ_SECONDS)s)"; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$t -- -max_total_time=$(FUZZ_SECONDS)); \
+	done
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf contracts/out contracts/cache
