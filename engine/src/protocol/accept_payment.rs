@@ -145,7 +145,7 @@ impl AcceptPayment {
             .filter_map(|(i, (m, it))| self.weight(m, it).filter(|&q| q > 0).map(|q| (i, q)))
             .collect();
         // Stable sort keeps offer order among equal weights.
-        ranked.sort_by(|a, b| b.1.cmp(&a.1));
+        ranked.sort_by_key(|&(_, q)| std::cmp::Reverse(q));
         ranked.into_iter().map(|(i, _)| i).collect()
     }
 

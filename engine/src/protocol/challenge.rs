@@ -152,15 +152,14 @@ impl RawChallenge {
         let intent = self
             .intent
             .ok_or(ProtocolError::MissingField { field: "intent" })?;
-        if let Some(d) = &digest {
-            if !is_digest(d) {
-                return Err(invalid("digest", d, "must start with sha-256="));
-            }
+        if let Some(d) = digest.as_deref().filter(|d| !is_digest(d)) {
+            return Err(invalid("digest", d, "must start with sha-256="));
         }
-        if let Some(e) = &expires {
-            if !Timestamp::has_rfc3339_shape(e) {
-                return Err(invalid("expires", e, "not an RFC 3339 date-time"));
-            }
+        if let Some(e) = expires
+            .as_deref()
+            .filter(|e| !Timestamp::has_rfc3339_shape(e))
+        {
+            return Err(invalid("expires", e, "not an RFC 3339 date-time"));
         }
         let header = match self.header {
             Some(h) if !is_header_name(&h) => {
@@ -543,15 +542,15 @@ impl ChallengeBuilder {
         if self.intent.is_empty() {
             return Err(config("intent", &self.intent, "must not be empty"));
         }
-        if let Some(e) = &self.expires {
-            if Timestamp::parse_rfc3339(e).is_err() {
-                return Err(config("expires", e, "not an RFC 3339 date-time"));
-            }
+        if let Some(e) = self
+            .expires
+            .as_deref()
+            .filter(|e| Timestamp::parse_rfc3339(e).is_err())
+        {
+            return Err(config("expires", e, "not an RFC 3339 date-time"));
         }
-        if let Some(d) = &self.digest {
-            if !is_digest(d) {
-                return Err(config("digest", d, "must start with sha-256="));
-            }
+        if let Some(d) = self.digest.as_deref().filter(|d| !is_digest(d)) {
+            return Err(config("digest", d, "must start with sha-256="));
         }
         let header = match self.header {
             Some(h) if !is_header_name(&h) => {
