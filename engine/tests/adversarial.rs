@@ -1024,3 +1024,37 @@ fn accept_payment_and_did_errors() {
     assert_eq!(other.eip155_account(), None);
     assert_eq!(other.as_str(), "did:key:z6Mk");
 }
+
+#[test]
+fn non_canonical_request_numbers_read_as_their_canonical_form() {
+    let header = format!(
+        r#"Payment id="a", realm="r", method="tempo", intent="session", request="{}""#,
+        base64url_encode(r#"{ "n": 1.0, "m": -0.0, "k": 1e3 }"#)
+    );
+    let parsed = Challenge::from_header_value(&header).unwrap();
+    assert_eq!(
+        parsed.request_b64(),
+        base64url_encode(r#"{"k":1000,"m":0,"n":1}"#)
+    );
+    assert_eq!(
+        Value::Object(parsed.request().clone()),
+        json!({"k": 1000, "m": 0, "n": 1})
+    );
+    assert_eq!(
+        Challenge::from_header_value(&parsed.to_header_value()).unwrap(),
+        parsed
+    );
+    // Non-integral numbers cannot be canonicalised like ECMAScript would: refused.
+    let header = header.replace(
+        &base64url_encode(r#"{ "n": 1.0, "m": -0.0, "k": 1e3 }"#),
+        &base64url_encode(r#"{"n":0.1}"#),
+    );
+    let err = Challenge::from_header_value(&header).unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::UnsupportedNumber {
+            number: "0.1".into()
+        }
+    );
+    assert_eq!(err.problem_kind(), ProblemKind::MalformedCredential);
+}

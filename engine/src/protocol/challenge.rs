@@ -9,7 +9,7 @@ use super::auth_params::{self, SCHEME, find_scheme_starts, is_js_space, parse_au
 use super::b64::{base64url_decode, base64url_encode};
 use super::challenge_id::{ChallengeSecret, IdFields};
 use super::error::echo;
-use super::jcs::canonicalize;
+use super::jcs::{canonicalize, canonicalize_object};
 use super::request::SessionRequest;
 use super::time::Timestamp;
 
@@ -89,13 +89,9 @@ fn is_digest(digest: &str) -> bool {
     digest.starts_with("sha-256=")
 }
 
-/// Decodes a base64url JSON object (the `request` and `opaque` encodings).
-pub(crate) fn decode_json_object(
-    field: &'static str,
-    encoded: &str,
-) -> Result<Map<String, Value>, ProtocolError> {
-    let bytes = base64url_decode(encoded).ok_or(ProtocolError::InvalidBase64 { field })?;
-    match serde_json::from_slice::<Value>(&bytes) {
+/// Reads a JSON object from UTF-8 bytes.
+fn json_object(field: &'static str, bytes: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProtocolError::InvalidJson {
             field,
@@ -108,10 +104,28 @@ pub(crate) fn decode_json_object(
     }
 }
 
-/// base64url(JCS(object)).
-fn encode_json_object(map: &Map<String, Value>) -> Result<String, ProtocolError> {
-    // Cloning into a Value is cheap next to the JCS walk and keeps one canonicaliser.
-    Ok(base64url_encode(canonicalize(&Value::Object(map.clone()))?))
+/// Decodes a base64url JSON object (the `request` and `opaque` encodings).
+pub(crate) fn decode_json_object(
+    field: &'static str,
+    encoded: &str,
+) -> Result<Map<String, Value>, ProtocolError> {
+    let bytes = base64url_decode(encoded).ok_or(ProtocolError::InvalidBase64 { field })?;
+    json_object(field, &bytes)
+}
+
+/// Decodes a base64url `request` and canonicalises it. Returns the JSON object exactly as its
+/// canonical text means it (a non-canonical `1.0` reads back as `1`) and base64url(JCS).
+fn decode_request(encoded: &str) -> Result<(Map<String, Value>, String), ProtocolError> {
+    let bytes =
+        base64url_decode(encoded).ok_or(ProtocolError::InvalidBase64 { field: "request" })?;
+    let request = json_object("request", &bytes)?;
+    let canonical = canonicalize_object(&request)?;
+    let request = if canonical.as_bytes() == bytes {
+        request
+    } else {
+        json_object("request", canonical.as_bytes())?
+    };
+    Ok((request, base64url_encode(canonical)))
 }
 
 /// base64url(JCS(string map)) — the `opaque` encoding.
@@ -177,8 +191,7 @@ impl RawChallenge {
                 max: MAX_REQUEST_PARAM_LEN,
             });
         }
-        let request = decode_json_object("request", &encoded)?;
-        let request_b64 = encode_json_object(&request)?;
+        let (request, request_b64) = decode_request(&encoded)?;
         Ok(Challenge {
             id,
             realm,
@@ -559,7 +572,7 @@ impl ChallengeBuilder {
             Some(h) if h.eq_ignore_ascii_case(DEFAULT_CREDENTIAL_HEADER) => None,
             other => other,
         };
-        let request_b64 = encode_json_object(&self.request).map_err(|e| match e {
+        let canonical = canonicalize_object(&self.request).map_err(|e| match e {
             ProtocolError::UnsupportedNumber { number } => config(
                 "request",
                 &number,
@@ -567,6 +580,10 @@ impl ChallengeBuilder {
             ),
             other => other,
         })?;
+        // Hold the request as its canonical text means it (`1.0` becomes `1`), exactly as a
+        // reader of the header will.
+        let request = json_object("request", canonical.as_bytes())?;
+        let request_b64 = base64url_encode(canonical);
         if request_b64.len() > MAX_REQUEST_PARAM_LEN {
             return Err(config(
                 "request",
@@ -579,7 +596,7 @@ impl ChallengeBuilder {
             realm: self.realm,
             method: self.method,
             intent: self.intent,
-            request: self.request,
+            request,
             request_b64,
             description: self.description.filter(|d| !d.is_empty()),
             digest: self.digest.filter(|d| !d.is_empty()),

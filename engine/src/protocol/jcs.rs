@@ -13,7 +13,7 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 use super::ProtocolError;
 
@@ -25,6 +25,29 @@ pub fn canonicalize(value: &Value) -> Result<String, ProtocolError> {
     let mut out = String::new();
     write_value(&mut out, value)?;
     Ok(out)
+}
+
+/// Canonical JSON text of an object (saves wrapping a map in a `Value`).
+pub(crate) fn canonicalize_object(map: &Map<String, Value>) -> Result<String, ProtocolError> {
+    let mut out = String::new();
+    write_object(&mut out, map)?;
+    Ok(out)
+}
+
+fn write_object(out: &mut String, map: &Map<String, Value>) -> Result<(), ProtocolError> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    members.sort_by(|(a, _), (b, _)| utf16_cmp(a, b));
+    out.push('{');
+    for (i, (name, item)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_string(out, name);
+        out.push(':');
+        write_value(out, item)?;
+    }
+    out.push('}');
+    Ok(())
 }
 
 fn write_value(out: &mut String, value: &Value) -> Result<(), ProtocolError> {
@@ -44,20 +67,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), ProtocolError> {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|(a, _), (b, _)| utf16_cmp(a, b));
-            out.push('{');
-            for (i, (name, item)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json_string(out, name);
-                out.push(':');
-                write_value(out, item)?;
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(out, map)?,
     }
     Ok(())
 }
