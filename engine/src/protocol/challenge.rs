@@ -390,7 +390,9 @@ impl Challenge {
 
     /// The `WWW-Authenticate` value: `Payment ` and the auth-params in mppx's order (`id, realm,
     /// method, intent, request, [description], [digest], [expires], [header], [opaque]`), all
-    /// quoted. See [`auth_params`](self) for the escaping.
+    /// quoted. `\` and `"` are backslash-escaped and every character outside printable ASCII is
+    /// written as `\uXXXX` UTF-16 code units, so the value is always a legal, ASCII-only header
+    /// value (mppx escapes only above U+00FF; its reader decodes both forms alike).
     pub fn to_header_value(&self) -> String {
         let mut out = String::with_capacity(self.request_b64.len() + 160);
         out.push_str(SCHEME);
