@@ -61,6 +61,8 @@ test-contracts: tools
 test-rust:
 	cargo fmt --all --check
 	cargo test --workspace --locked
+	@# The fuzz targets' do_test functions also run as unit tests on seeds (own workspace).
+	@if [ -d fuzz ]; then cargo test --manifest-path fuzz/Cargo.toml --locked; fi
 
 fuzz-smoke: cargo-fuzz
 	@if [ -d fuzz ]; then for t in $(FUZZ_TARGETS); do \
