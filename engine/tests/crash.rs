@@ -124,7 +124,8 @@ fn crash_child() {
                                             next.spent += delta;
                                             next.units += 1;
                                             aux = Some(AuxEntry {
-                                                value: next.spent.to_be_bytes().to_vec(),
+                                                value: [&[n][..], &next.spent.to_be_bytes()]
+                                                    .concat(),
                                                 expires_at_ms: u64::MAX,
                                             });
                                         }
@@ -183,6 +184,9 @@ struct Acknowledged {
     channels: BTreeMap<u8, Acked>,
     aux_keys: BTreeSet<String>,
     count: usize,
+    /// Per child seed, how many updates it acknowledged (it used fewer than that plus
+    /// `WORKERS` request numbers).
+    acks_per_seed: BTreeMap<usize, usize>,
 }
 
 impl Acknowledged {
@@ -208,6 +212,27 @@ impl Acknowledged {
 
 fn verify(path: &std::path::Path, acknowledged: &Acknowledged) {
     let store = SledStore::open(path, Durability::default()).expect("reopen after SIGKILL");
+    // Atomicity, acknowledged or not: an idempotency entry that survived implies its charge did.
+    let mut visible = 0;
+    for (seed, acks) in &acknowledged.acks_per_seed {
+        for request in 0..acks + WORKERS as usize {
+            let Some(aux) = store
+                .get_aux(format!("{seed}-{request}").as_bytes())
+                .expect("aux")
+            else {
+                continue;
+            };
+            let (n, spent) = aux.value.split_first().expect("channel byte");
+            let spent = u128::from_be_bytes(spent.try_into().expect("16 bytes"));
+            let record = store.get(&channel(*n)).expect("get").expect("record");
+            assert!(
+                record.spent >= spent,
+                "entry {seed}-{request} without its charge: {record:?}"
+            );
+            visible += 1;
+        }
+    }
+    assert!(visible >= acknowledged.aux_keys.len());
     for (n, acked) in &acknowledged.channels {
         let record = store
             .get(&channel(*n))
@@ -302,6 +327,7 @@ fn sigkill_never_loses_an_acknowledged_update() {
                 acknowledged.record(&line);
                 acks_this_round += 1;
             }
+            *acknowledged.acks_per_seed.entry(round + 1).or_default() = acks_this_round;
             if ready && acks_this_round >= kill_after {
                 child.kill().expect("SIGKILL");
                 killed = true;
@@ -314,6 +340,7 @@ fn sigkill_never_loses_an_acknowledged_update() {
             let line = line.expect("child stdout");
             if line.starts_with("ACK ") {
                 acknowledged.record(&line);
+                *acknowledged.acks_per_seed.entry(round + 1).or_default() += 1;
             }
         }
         let status = child.wait().expect("reap child");

@@ -242,7 +242,7 @@ fn corrupt_records_are_reported_and_never_overwritten() {
             error,
             StoreError::CorruptRecord {
                 source: RecordError::WrongLength {
-                    expected: 284,
+                    expected: 292,
                     found: 200,
                     ..
                 },
@@ -364,5 +364,66 @@ fn size_on_disk_is_reported() {
         create(&store, channel(n), 1);
     }
     store.sync().expect("sync");
-    assert!(store.approximate_size_on_disk().expect("size") >= 50 * 284);
+    assert!(store.approximate_size_on_disk().expect("size") >= 50 * 292);
+}
+
+#[test]
+fn recovery_drops_aux_entries_whose_record_write_was_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("db");
+    let record = {
+        let store = SledStore::open(&path, Durability::default()).expect("open");
+        create(&store, channel(1), 1_000);
+        accept(&store, channel(1), 500);
+        charge(&store, channel(1), 5, "committed")
+    };
+    assert_eq!(record.revision, 3);
+    {
+        // What a crash after an update's auxiliary write but before its record write leaves:
+        // an entry tagged with the record revision that never became durable.
+        let mut orphan = vec![1u8];
+        orphan.extend_from_slice(channel(1).as_slice());
+        orphan.extend_from_slice(&(record.revision + 1).to_be_bytes());
+        orphan.extend_from_slice(&77u64.to_be_bytes());
+        orphan.extend_from_slice(b"charged twice?");
+        let raw = sled::open(&path).expect("raw open");
+        let mut index_key = 77u64.to_be_bytes().to_vec();
+        index_key.extend_from_slice(b"orphan");
+        raw.open_tree("aux_expiry")
+            .expect("tree")
+            .insert(index_key, &[][..])
+            .expect("insert");
+        raw.open_tree("aux")
+            .expect("tree")
+            .insert(b"orphan", orphan)
+            .expect("insert");
+        raw.flush().expect("flush");
+    }
+    let store = SledStore::open(&path, Durability::default()).expect("reopen");
+    assert_eq!(
+        store.get_aux(b"orphan").expect("aux"),
+        None,
+        "the orphan is gone"
+    );
+    assert!(
+        store.get_aux(b"committed").expect("aux").is_some(),
+        "committed entries stay"
+    );
+    // The next record write reaches the orphan's revision; the orphan must not come back.
+    let next = charge(&store, channel(1), 1, "later");
+    assert_eq!(next.revision, record.revision + 1);
+    assert_eq!(store.get_aux(b"orphan").expect("aux"), None);
+    // Its key is free again, and pruning finds nothing left over.
+    charge(&store, channel(1), 1, "orphan");
+    assert_eq!(
+        store.prune_aux(78).expect("prune"),
+        3,
+        "committed, later and orphan"
+    );
+    drop(store);
+    let raw = sled::open(&path).expect("raw open");
+    assert!(
+        raw.open_tree("aux_expiry").expect("tree").is_empty(),
+        "no dangling index keys"
+    );
 }

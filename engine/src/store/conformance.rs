@@ -286,6 +286,7 @@ pub(crate) fn keep_writes_nothing<S: ChannelStore>(make: impl Fn() -> Fixture<S>
     );
     assert_eq!(store.len().expect("len"), 0);
     let record = create(&store, channel(1), 10);
+    assert_eq!(record.revision, 1, "a new record is revision 1");
     let kept = store
         .update(&channel(1), |current| -> Result<_, TestError> {
             Ok(Change::keep(current.map(|r| r.deposit)))
@@ -299,6 +300,19 @@ pub(crate) fn keep_writes_nothing<S: ChannelStore>(make: impl Fn() -> Fixture<S>
             written: false
         }
     );
+    // The store maintains the revision and the feed cursor whatever the closure writes there.
+    let rewritten = store
+        .update(&channel(1), |current| -> Result<_, TestError> {
+            let mut next = *current.expect("exists");
+            next.revision = 77;
+            next.feed_cursor = 99;
+            Ok(Change::write(next, ()))
+        })
+        .expect("write")
+        .record
+        .expect("record");
+    assert_eq!((rewritten.revision, rewritten.feed_cursor), (2, 0));
+    assert_eq!(store.get(&channel(1)).expect("get"), Some(rewritten));
 }
 
 pub(crate) fn closure_errors_change_nothing<S: ChannelStore>(make: impl Fn() -> Fixture<S>) {
@@ -672,45 +686,80 @@ pub(crate) fn aux_entries_commit_with_the_update<S: ChannelStore>(make: impl Fn(
         })
     );
 
-    // Rewriting a key moves its expiry; pruning removes only what expired before the bound.
-    store
-        .apply(&id, Some(b"req-2"), |current| -> Result<_, TestError> {
-            let old = current.aux.expect("present").clone();
-            Ok(Change::keep(()).with_aux(
-                b"req-2".to_vec(),
-                AuxEntry {
-                    expires_at_ms: 5_000,
-                    ..old
-                },
-            ))
+    // Keys are written once: a second write of req-2 fails and changes nothing.
+    let before = store.get(&id).expect("get");
+    let error = store
+        .apply(&id, None, |current| -> Result<_, TestError> {
+            let mut next = *current.record.expect("exists");
+            next.spent += 1;
+            let entry = AuxEntry {
+                value: b"again".to_vec(),
+                expires_at_ms: 5_000,
+            };
+            Ok(Change::write(next, ()).with_aux(b"req-2".to_vec(), entry))
         })
-        .expect("rewrite")
-        .wait()
-        .expect("durable");
-    store
-        .apply(&id, None, |_| -> Result<_, TestError> {
-            Ok(Change::keep(()).with_aux(
-                b"other".to_vec(),
-                AuxEntry {
-                    value: vec![],
-                    expires_at_ms: 999,
-                },
-            ))
-        })
-        .expect("aux only")
-        .wait()
-        .expect("durable");
+        .unwrap_err();
+    assert!(
+        matches!(&error, TestError::Store(StoreError::AuxKeyExists { key }) if key == b"req-2"),
+        "{error}"
+    );
+    assert_eq!(store.get(&id).expect("get"), before);
+    assert_eq!(
+        store
+            .get_aux(b"req-2")
+            .expect("aux")
+            .expect("kept")
+            .expires_at_ms,
+        1_000
+    );
+
+    // Pruning removes only what expired before the (exclusive) bound.
+    for (key, expires_at_ms) in [(&b"other"[..], 999), (&b"late"[..], 5_000)] {
+        store
+            .apply(&id, None, |_| -> Result<_, TestError> {
+                let entry = AuxEntry {
+                    value: Vec::new(),
+                    expires_at_ms,
+                };
+                Ok(Change::keep(()).with_aux(key.to_vec(), entry))
+            })
+            .expect("aux only")
+            .wait()
+            .expect("durable");
+    }
     assert_eq!(
         store.prune_aux(999).expect("prune"),
         0,
         "bound is exclusive"
     );
-    assert_eq!(store.prune_aux(1_001).expect("prune"), 2, "req-1 and other");
-    assert_eq!(store.get_aux(b"req-1").expect("aux"), None);
+    assert_eq!(store.prune_aux(1_000).expect("prune"), 1, "other");
     assert_eq!(store.get_aux(b"other").expect("aux"), None);
-    assert!(store.get_aux(b"req-2").expect("aux").is_some());
-    assert_eq!(store.prune_aux(5_001).expect("prune"), 1);
+    assert_eq!(store.prune_aux(1_001).expect("prune"), 2, "req-1 and req-2");
+    assert_eq!(store.get_aux(b"req-1").expect("aux"), None);
+    assert_eq!(store.get_aux(b"req-2").expect("aux"), None);
+    assert!(store.get_aux(b"late").expect("aux").is_some());
+    assert_eq!(store.prune_aux(u64::MAX).expect("prune"), 1);
     assert_eq!(store.prune_aux(u64::MAX).expect("prune"), 0);
+    // A pruned key can be written again.
+    store
+        .apply(&id, None, |_| -> Result<_, TestError> {
+            let entry = AuxEntry {
+                value: vec![1],
+                expires_at_ms: 1,
+            };
+            Ok(Change::keep(()).with_aux(b"req-1".to_vec(), entry))
+        })
+        .expect("rewrite after prune")
+        .wait()
+        .expect("durable");
+    assert_eq!(
+        store
+            .get_aux(b"req-1")
+            .expect("aux")
+            .expect("written")
+            .value,
+        [1]
+    );
 }
 
 pub(crate) fn idempotent_replays_race_to_one_charge<S: ChannelStore>(

@@ -127,6 +127,19 @@ pub enum StoreError {
         /// The longest value accepted.
         max: usize,
     },
+    /// Auxiliary entries are written once; this key already has one.
+    #[error("auxiliary key {key:?} already has an entry")]
+    AuxKeyExists {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A write failed half-way through its steps; the store refuses further writes until it is
+    /// reopened (opening repairs half-written updates).
+    #[error("an earlier write failed half-way ({kind:?}); reopen the store")]
+    Poisoned {
+        /// The kind of the failure that poisoned the store.
+        kind: BackendErrorKind,
+    },
     /// The durability flush covering a write failed: the write may or may not survive a crash,
     /// so its result must not be released. Retrying the request is safe.
     #[error("flush covering write {seq} failed ({kind:?}): {message}")]

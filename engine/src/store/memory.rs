@@ -84,11 +84,15 @@ impl ChannelStore for MemoryStore {
         }
         if let Some((key, entry)) = &aux_write {
             check_aux(key, entry)?;
+            if state.aux.contains_key(key) {
+                return Err(E::from(StoreError::AuxKeyExists { key: key.clone() }));
+            }
         }
         let written = record.is_some() || aux_write.is_some();
 
         let mut stored = old;
         if let Some(mut new) = record {
+            new.revision = old.map_or(0, |old| old.revision) + 1;
             new.feed_cursor = old.map_or(0, |old| old.feed_cursor);
             if feed::publishes(old.as_ref(), &new) {
                 let cursor = state.last_cursor.next();
@@ -103,10 +107,6 @@ impl ChannelStore for MemoryStore {
             stored = Some(new);
         }
         if let Some((key, entry)) = aux_write {
-            if let Some(previous) = state.aux.get(&key) {
-                let stale = (previous.expires_at_ms, key.clone());
-                state.aux_expiry.remove(&stale);
-            }
             state.aux_expiry.insert((entry.expires_at_ms, key.clone()));
             state.aux.insert(key, entry);
         }

@@ -82,7 +82,9 @@ impl<T> Change<T> {
         }
     }
 
-    /// Also store `value` under auxiliary `key`, atomically with the rest of the change.
+    /// Also store `entry` under auxiliary `key`, atomically with the rest of the change.
+    /// Auxiliary keys are written once: if `key` already has an entry the update fails with
+    /// [`StoreError::AuxKeyExists`] (read the key through [`ChannelStore::apply`] to replay it).
     pub fn with_aux(mut self, key: impl Into<Vec<u8>>, entry: AuxEntry) -> Self {
         self.aux = Some((key.into(), entry));
         self
@@ -147,7 +149,10 @@ impl<T> Pending<T> {
 /// - **Pure, retryable closures**: a closure may run more than once for one call; only the
 ///   result of its last run counts. A closure error aborts the update with no state change.
 /// - **Atomic**: the record, the auxiliary entry and the feed entry of one update are all
-///   written or none is.
+///   written or none is (for sled: after a crash, once the store is reopened).
+/// - **Maintained fields**: the store sets [`ChannelRecord::revision`] (one more per write) and
+///   [`ChannelRecord::feed_cursor`]; values a closure puts there are ignored.
+/// - **Write-once auxiliary keys**: an update writing an existing key fails and changes nothing.
 /// - **Guarded**: a written record must keep `spent ≤ accepted_cumulative ≤ deposit`, must not
 ///   lower `accepted_cumulative` or `spent`, and must not swap the signature of an unchanged
 ///   accepted amount; otherwise the update fails with a typed error and writes nothing.

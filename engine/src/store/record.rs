@@ -12,7 +12,7 @@ pub type ChannelId = B256;
 pub const RECORD_VERSION: u8 = 1;
 
 /// The encoded length of a [`ChannelRecord`] in layout version [`RECORD_VERSION`].
-pub const RECORD_LEN: usize = 284;
+pub const RECORD_LEN: usize = 292;
 
 /// Length of a voucher signature as stored: `r ‖ s ‖ v`.
 pub const SIGNATURE_LEN: usize = 65;
@@ -36,7 +36,8 @@ const OFF_SPENT: usize = 244;
 const OFF_UNITS: usize = 260;
 const OFF_UPDATED_AT: usize = 268;
 const OFF_FEED_CURSOR: usize = 276;
-const OFF_END: usize = 284;
+const OFF_REVISION: usize = 284;
+const OFF_END: usize = 292;
 
 const _: () = assert!(OFF_END == RECORD_LEN);
 const _: () = assert!(OFF_SPENT - OFF_SIGNATURE == SIGNATURE_LEN);
@@ -177,6 +178,9 @@ pub struct ChannelRecord {
     /// The feed cursor of this channel's latest feed entry, 0 when it has none. Maintained by the
     /// store: whatever a closure puts here is replaced when the record is written.
     pub feed_cursor: u64,
+    /// How many times the record was written (1 for a new record). Maintained by the store like
+    /// `feed_cursor`; it ties auxiliary entries to the record write they belong to.
+    pub revision: u64,
 }
 
 impl ChannelRecord {
@@ -200,6 +204,7 @@ impl ChannelRecord {
             units: 0,
             updated_at_ms: 0,
             feed_cursor: 0,
+            revision: 0,
         }
     }
 
@@ -258,7 +263,8 @@ impl ChannelRecord {
         out[OFF_SPENT..OFF_UNITS].copy_from_slice(&self.spent.to_be_bytes());
         out[OFF_UNITS..OFF_UPDATED_AT].copy_from_slice(&self.units.to_be_bytes());
         out[OFF_UPDATED_AT..OFF_FEED_CURSOR].copy_from_slice(&self.updated_at_ms.to_be_bytes());
-        out[OFF_FEED_CURSOR..OFF_END].copy_from_slice(&self.feed_cursor.to_be_bytes());
+        out[OFF_FEED_CURSOR..OFF_REVISION].copy_from_slice(&self.feed_cursor.to_be_bytes());
+        out[OFF_REVISION..OFF_END].copy_from_slice(&self.revision.to_be_bytes());
         out
     }
 
@@ -297,6 +303,7 @@ impl ChannelRecord {
             units: u64::from_be_bytes(array(bytes, OFF_UNITS)),
             updated_at_ms: u64::from_be_bytes(array(bytes, OFF_UPDATED_AT)),
             feed_cursor: u64::from_be_bytes(array(bytes, OFF_FEED_CURSOR)),
+            revision: u64::from_be_bytes(array(bytes, OFF_REVISION)),
         };
         record.check_invariants()?;
         Ok(record)
@@ -334,6 +341,7 @@ mod tests {
         record.units = 4;
         record.updated_at_ms = 0xaabb;
         record.feed_cursor = 0xfeed;
+        record.revision = 0x0102;
         record
     }
 
@@ -365,6 +373,7 @@ mod tests {
         assert_eq!(bytes[267], 4, "units");
         assert_eq!(&bytes[274..276], &[0xaa, 0xbb], "updated at");
         assert_eq!(&bytes[282..284], &[0xfe, 0xed], "feed cursor");
+        assert_eq!(&bytes[284..292], &[0, 0, 0, 0, 0, 0, 1, 2], "revision");
     }
 
     #[test]
@@ -378,11 +387,11 @@ mod tests {
             Err(RecordError::UnknownVersion { found: 2 })
         );
         assert_eq!(
-            ChannelRecord::from_bytes(&bytes[..283]),
+            ChannelRecord::from_bytes(&bytes[..291]),
             Err(RecordError::WrongLength {
                 version: 1,
-                expected: 284,
-                found: 283
+                expected: 292,
+                found: 291
             })
         );
         let mut long = bytes.to_vec();
@@ -391,8 +400,8 @@ mod tests {
             ChannelRecord::from_bytes(&long),
             Err(RecordError::WrongLength {
                 version: 1,
-                expected: 284,
-                found: 285
+                expected: 292,
+                found: 293
             })
         );
     }
@@ -462,13 +471,13 @@ mod tests {
                 any::<[u8; 32]>(),
                 any::<u8>(),
             ),
-            (any::<u64>(), any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
         )
             .prop_map(|(a, b, c, d)| {
                 let (id, status, finalized, payer, payee) = a;
                 let (token, signer, deposit, settled, close_at) = b;
                 let (checked, accepted_raw, spent_raw, sig_half, v) = c;
-                let (units, updated, cursor) = d;
+                let (units, updated, cursor, revision) = d;
                 let accepted = if deposit == 0 {
                     0
                 } else {
@@ -503,6 +512,7 @@ mod tests {
                     units,
                     updated_at_ms: updated,
                     feed_cursor: cursor,
+                    revision,
                 }
             })
     }
