@@ -427,3 +427,44 @@ fn recovery_drops_aux_entries_whose_record_write_was_lost() {
         "no dangling index keys"
     );
 }
+
+#[test]
+fn a_keep_waits_for_the_write_it_observed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SledStore::open(dir.path().join("db"), Durability::default()).expect("open");
+    create(&store, channel(1), 100);
+    // A write whose caller has not waited yet: nothing asked the flusher to cover it.
+    let write = store
+        .update_pending(&channel(1), |record| -> Result<_, StoreError> {
+            let mut next = *record.expect("exists");
+            next.accepted_cumulative = 10;
+            next.accepted_signature = signature_for(10);
+            Ok(Change::write(next, ()))
+        })
+        .expect("write");
+    // An idempotent retry of the same voucher changes nothing, but it observed that write, so
+    // it must not be released before the write is durable.
+    let retry = store
+        .update_pending(&channel(1), |record| -> Result<_, StoreError> {
+            assert_eq!(record.expect("exists").accepted_cumulative, 10);
+            Ok(Change::keep(()))
+        })
+        .expect("retry");
+    assert!(write.seq().is_some());
+    assert_eq!(
+        retry.seq(),
+        write.seq(),
+        "the retry waits for the observed write"
+    );
+    let retried = retry.wait().expect("durable");
+    assert!(!retried.written);
+    assert_eq!(
+        write
+            .wait()
+            .expect("durable")
+            .record
+            .expect("record")
+            .accepted_cumulative,
+        10
+    );
+}

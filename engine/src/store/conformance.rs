@@ -4,7 +4,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Barrier},
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use alloy_primitives::{Address, B256};
@@ -989,18 +992,64 @@ pub(crate) fn many_channels_interleave<S: ChannelStore>(make: impl Fn() -> Fixtu
     for id in &channels {
         create(&store, *id, 10_000);
     }
-    std::thread::scope(|scope| {
-        for (t, chunk) in channels.chunks(4).enumerate() {
-            let store = &store;
-            scope.spawn(move || {
-                for round in 1..=20u128 {
-                    for id in chunk {
-                        accept(store, *id, round * 10 + t as u128);
-                    }
+    let writers_done = AtomicBool::new(false);
+    let followed = std::thread::scope(|scope| {
+        // A settlement-daemon-like follower reads the feed while the writers run.
+        let follower = scope.spawn(|| {
+            let mut cursor = FeedCursor::ZERO;
+            let mut latest: BTreeMap<ChannelId, u128> = BTreeMap::new();
+            loop {
+                let finished = writers_done.load(Ordering::SeqCst);
+                let page = store.read_feed(cursor, 5).expect("read feed");
+                assert!(page.next >= cursor);
+                for entry in &page.entries {
+                    assert!(entry.cursor > cursor, "cursors only grow");
+                    let seen = latest.entry(entry.channel_id).or_default();
+                    assert!(
+                        entry.cumulative_amount >= *seen,
+                        "a channel's vouchers arrive in order"
+                    );
+                    *seen = entry.cumulative_amount;
                 }
-            });
+                let caught_up = page.entries.is_empty();
+                cursor = page.next;
+                if caught_up && finished {
+                    return latest;
+                }
+                if caught_up {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let writers: Vec<_> = channels
+            .chunks(4)
+            .enumerate()
+            .map(|(t, chunk)| {
+                let store = &store;
+                scope.spawn(move || {
+                    for round in 1..=20u128 {
+                        for id in chunk {
+                            accept(store, *id, round * 10 + t as u128);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
         }
+        writers_done.store(true, Ordering::SeqCst);
+        follower.join().expect("follower")
     });
+    for (i, chunk) in channels.chunks(4).enumerate() {
+        for id in chunk {
+            assert_eq!(
+                followed.get(id),
+                Some(&(200 + i as u128)),
+                "the follower missed {id}"
+            );
+        }
+    }
     store.sync().expect("sync");
     let (feed, _) = read_all(&store, FeedCursor::ZERO, 7);
     let per_channel: BTreeMap<ChannelId, u128> = feed

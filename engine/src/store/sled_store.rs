@@ -244,8 +244,8 @@ impl Drop for SledStore {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, CommitLog> {
-        // The log is only changed after an update's writes succeeded; a panic in a closure leaves it
-        // untouched.
+        // The log only changes after an update's writes succeeded; a panicking closure leaves
+        // it untouched.
         self.commit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
