@@ -84,6 +84,67 @@ fn run<S: ChannelStore + 'static>(store: Arc<S>, writers: u64, duration: Duratio
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Like `run`, but with `tasks` async tasks on a 2-thread tokio runtime, each awaiting the
+/// durability of its update without blocking a thread (the engine's shape).
+fn run_async<S: ChannelStore + 'static>(store: Arc<S>, tasks: u64, duration: Duration) -> f64 {
+    for task in 0..tasks {
+        store
+            .update(&channel(task), |_| -> Result<_, StoreError> {
+                let mut record = ChannelRecord::new(channel(task));
+                record.status = ChannelStatus::Open;
+                record.deposit = u128::MAX;
+                Ok(Change::write(record, ()))
+            })
+            .expect("create");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let done: u64 = runtime.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|task| {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        store
+                            .update_pending(&channel(task), |record| -> Result<_, StoreError> {
+                                let mut next = *record.expect("exists");
+                                next.accepted_cumulative += 1;
+                                let mut signature = [0u8; SIGNATURE_LEN];
+                                signature[..16]
+                                    .copy_from_slice(&next.accepted_cumulative.to_be_bytes());
+                                next.accepted_signature = signature;
+                                next.spent += 1;
+                                Ok(Change::write(next, ()))
+                            })
+                            .expect("update")
+                            .durable()
+                            .await
+                            .expect("durable");
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        let stopper = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            stopper.store(true, Ordering::Relaxed);
+        });
+        let mut total = 0;
+        for handle in handles {
+            total += handle.await.expect("task");
+        }
+        total
+    });
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let seconds: f64 = std::env::args()
         .nth(1)
@@ -126,6 +187,31 @@ fn main() {
                 }
             };
             cells.push(format!("{rate:.0}"));
+        }
+        println!("| {name} | {} | {} |", cells[0], cells[1]);
+    }
+    println!();
+    println!(
+        "| 2 tokio workers, async durability wait | 8 tasks (updates/s) | 256 tasks (updates/s) |"
+    );
+    println!("|---|---:|---:|");
+    for (name, durability) in [
+        (
+            "sled, group commit (0)",
+            Durability::GroupCommit {
+                max_delay: Duration::ZERO,
+            },
+        ),
+        ("sled, no flush", Durability::None),
+    ] {
+        let mut cells = Vec::new();
+        for tasks in [8, 256] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SledStore::open(dir.path().join("db"), durability).expect("open");
+            cells.push(format!(
+                "{:.0}",
+                run_async(Arc::new(store), tasks, duration)
+            ));
         }
         println!("| {name} | {} | {} |", cells[0], cells[1]);
     }
