@@ -7,9 +7,14 @@ use crate::{
 };
 use alloy_primitives::{Address, B256, keccak256};
 use k256::{
-    FieldBytes, ProjectivePoint, Scalar,
-    ecdsa::{RecoveryId, Signature, VerifyingKey},
-    elliptic_curve::{PrimeField as _, ops::Reduce, point::AffineCoordinates as _},
+    AffinePoint, FieldBytes, ProjectivePoint, Scalar,
+    ecdsa::VerifyingKey,
+    elliptic_curve::{
+        PrimeField as _,
+        ops::{MulVartime as _, Reduce},
+        point::{AffineCoordinates as _, DecompressPoint as _},
+        subtle::Choice,
+    },
 };
 
 /// The Ethereum address of a public key: the last 20 bytes of `keccak256(x ‖ y)`.
@@ -24,19 +29,39 @@ pub fn address_of(key: &VerifyingKey) -> Address {
 
 /// Recovers the public key that produced `signature` over `digest`.
 ///
+/// `Q = r⁻¹ · (s·R − z·G)`, where `R` is the curve point with x = `r` and the signature's y
+/// parity. `z·G` comes from the shared precomputed generator table and `s·R` from k256's
+/// variable-time GLV multiplication, which is about a quarter faster than k256's own
+/// `recover_from_prehash` (that one is kept as the oracle in this crate's property tests).
+///
 /// # Errors
 /// [`VoucherError::RecoveryFailed`] when no key can be recovered.
 pub fn recover_key(
     digest: &B256,
     signature: &VoucherSignature,
 ) -> Result<VerifyingKey, VoucherError> {
-    let r: FieldBytes = signature.r().0.into();
-    let s: FieldBytes = signature.s().0.into();
-    let signature_k256 = Signature::from_scalars(r, s).map_err(|_| VoucherError::RecoveryFailed)?;
-    // v 27/28 only ever name an x coordinate below n (x itself, never x - n): is_x_reduced = false.
-    let recovery_id = RecoveryId::new(signature.y_odd(), false);
-    VerifyingKey::recover_from_prehash(digest.as_slice(), &signature_k256, recovery_id)
-        .map_err(|_| VoucherError::RecoveryFailed)
+    let failed = VoucherError::RecoveryFailed;
+    let r_bytes: FieldBytes = signature.r().0.into();
+    // Parsing guarantees 0 < r, s < n; should that ever not hold, recovery fails cleanly.
+    let r = Option::<Scalar>::from(Scalar::from_repr(r_bytes)).ok_or(failed.clone())?;
+    let s =
+        Option::<Scalar>::from(Scalar::from_repr(signature.s().0.into())).ok_or(failed.clone())?;
+    // v 27/28 only ever name an x coordinate below n (x = r itself, never r + n).
+    let nonce_point = Option::<AffinePoint>::from(AffinePoint::decompress(
+        &r_bytes,
+        Choice::from(u8::from(signature.y_odd())),
+    ))
+    .ok_or(failed.clone())?;
+    let r_inv = Option::<Scalar>::from(r.invert_vartime()).ok_or(failed.clone())?;
+    let z = <Scalar as Reduce<FieldBytes>>::reduce(&digest.0.into());
+    let u1 = -(z * r_inv);
+    let u2 = s * r_inv;
+    let mut key = ProjectivePoint::from(nonce_point).mul_vartime(&u2);
+    comb::generator_table().mul_add(&u1, &mut key);
+    if key == ProjectivePoint::IDENTITY {
+        return Err(failed);
+    }
+    VerifyingKey::from_affine(key.to_affine()).map_err(|_| failed)
 }
 
 /// Recovers the address that produced `signature` over `digest` (Ethereum `ecrecover`).

@@ -106,6 +106,21 @@ proptest! {
     }
 
     #[test]
+    fn recovery_matches_k256_recover_from_prehash(digest in any::<[u8; 32]>(), r in any::<[u8; 32]>(), s in any::<[u8; 32]>(), y_odd in any::<bool>()) {
+        // k256's own recovery is the oracle for ours (which uses precomputed tables).
+        use sluice_voucher::k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+        let mut s = s;
+        s[0] &= 0x7f; // mostly low-s, so most cases reach recovery
+        let Ok(sig) = VoucherSignature::from_rsv(B256::from(r), B256::from(s), y_odd) else {
+            return Ok(());
+        };
+        let digest = B256::from(digest);
+        let k256_sig = Signature::from_scalars(r, s).expect("in range");
+        let oracle = VerifyingKey::recover_from_prehash(digest.as_slice(), &k256_sig, RecoveryId::new(y_odd, false)).ok();
+        prop_assert_eq!(sluice_voucher::recover_key(&digest, &sig).ok(), oracle);
+    }
+
+    #[test]
     fn corrupted_signatures_get_the_same_answer_on_both_paths(
         key in signing_key(),
         voucher in voucher(),
