@@ -376,3 +376,85 @@ impl KnownSigner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_slice(&[byte; 32]).expect("valid secret")
+    }
+
+    #[test]
+    fn signer_keys_are_shareable_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<SignerKey>();
+        shareable::<KnownSigner>();
+    }
+
+    #[test]
+    fn a_key_is_only_cached_for_its_own_address() {
+        let (mine, other) = (key(1), key(2));
+        let address = address_of(mine.verifying_key());
+        let other_address = address_of(other.verifying_key());
+        assert!(SignerKey::new(address, *mine.verifying_key(), TableWidth::Small).is_ok());
+        assert_eq!(
+            SignerKey::new(address, *other.verifying_key(), TableWidth::Small).err(),
+            Some(VoucherError::KeyMismatch {
+                expected: address,
+                key_address: other_address
+            })
+        );
+        let sec1 = SignerKey::new(other_address, *other.verifying_key(), TableWidth::Small)
+            .expect("own key")
+            .to_sec1_bytes();
+        assert_eq!(
+            SignerKey::from_sec1_bytes(address, &sec1, TableWidth::Small).err(),
+            Some(VoucherError::KeyMismatch {
+                expected: address,
+                key_address: other_address
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_public_keys_are_typed_errors() {
+        let address = Address::repeat_byte(1);
+        // x = 0 is on no point of secp256k1; x = 2^256 - 1 is not below p; bad prefixes, lengths.
+        let mut no_point = [0u8; 33];
+        no_point[0] = 2;
+        let mut too_big = [0xffu8; 33];
+        too_big[0] = 3;
+        let mut uncompressed = [4u8; 65];
+        uncompressed[1..33].copy_from_slice(&[0u8; 32]);
+        let cases = [
+            &[][..],
+            &no_point,
+            &too_big,
+            &uncompressed,
+            &[5u8; 33],
+            &[7u8; 20],
+        ];
+        for bytes in cases {
+            assert_eq!(
+                SignerKey::from_sec1_bytes(address, bytes, TableWidth::Small).err(),
+                Some(VoucherError::InvalidPublicKey { len: bytes.len() }),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn table_sizes_follow_the_width() {
+        let k = key(3);
+        let address = address_of(k.verifying_key());
+        let bytes = [TableWidth::Small, TableWidth::Medium, TableWidth::Large].map(|w| {
+            SignerKey::new(address, *k.verifying_key(), w)
+                .expect("own key")
+                .table_bytes()
+        });
+        let point = size_of::<k256::AffinePoint>();
+        assert_eq!(bytes, [344 * point, 520 * point, 1376 * point]);
+    }
+}
