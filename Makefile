@@ -22,7 +22,9 @@ export SLUICE_ANVIL := $(ANVIL)
 export SLUICE_FORGE := $(FORGE)
 export PATH := $(NODE_BIN):$(PATH)
 
-# Fuzzing budgets: a short smoke inside `make test`, a longer run with `make fuzz`.
+# Fuzzing budgets: a short smoke inside `make test`, a longer run with `make fuzz`. Each target
+# starts from its committed seeds (fuzz/seeds/<target>/, kept in sync by a voucher test) and
+# writes what it finds to fuzz/corpus/<target>/ (not committed).
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS = $(shell sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^sluice-fuzz$$')
@@ -67,13 +69,15 @@ test-rust:
 fuzz-smoke: cargo-fuzz
 	@if [ -d fuzz ]; then for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz smoke: $$t ($(FUZZ_SMOKE_SECONDS)s)"; \
-	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run --jobs 1 $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) -print_final_stats=0 >/dev/null 2>fuzz-$$t.log) || { tail -40 fuzz/fuzz-$$t.log; exit 1; }; \
+	  mkdir -p fuzz/corpus/$$t fuzz/seeds/$$t; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run --jobs 1 $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) -print_final_stats=0 >/dev/null 2>fuzz-$$t.log) || { tail -40 fuzz/fuzz-$$t.log; exit 1; }; \
 	done; fi
 
 fuzz: cargo-fuzz
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz: $$t ($(FUZZ_SECONDS)s)"; \
-	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$t -- -max_total_time=$(FUZZ_SECONDS)); \
+	  mkdir -p fuzz/corpus/$$t fuzz/seeds/$$t; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS)); \
 	done
 
 lint:
