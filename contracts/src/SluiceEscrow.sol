@@ -200,72 +200,31 @@ contract SluiceEscrow is ISluiceEscrow {
 
     /// @inheritdoc ISluiceEscrow
     function settleBatch(SettleItem[] calldata items) external nonReentrant returns (uint256 settledCount) {
-        uint256 n = items.length;
-        // Totals per token, paid after every channel is updated. Batches rarely mix more than a
-        // couple of tokens, so a linear search of the few distinct tokens is the cheapest map.
-        address[] memory tokens = new address[](n);
-        uint256[] memory totals = new uint256[](n);
+        bytes32 separator = _domainSeparator();
+        // Payouts per token, made once every channel is updated: one transfer per token. Items
+        // of one token usually come together, so the running total of the current run of equal
+        // tokens stays on the stack and is folded into these arrays only when the token changes.
+        address[] memory tokens = new address[](items.length);
+        uint256[] memory totals = new uint256[](items.length);
         uint256 distinct;
-        uint256 last; // index into tokens/totals of the most recent token, valid when distinct > 0
+        address runToken;
+        uint256 runTotal;
 
-        for (uint256 i; i < n; ++i) {
-            SettleItem calldata item = items[i];
-            address payer = item.payer;
-            address token = item.token;
-            address authorizedSigner = item.authorizedSigner;
-            uint128 cumulativeAmount = item.cumulativeAmount;
-            // Deriving the id with msg.sender as payee proves payee, payer, token and signer.
-            bytes32 channelId = _channelId(payer, msg.sender, token, item.salt, authorizedSigner);
-            Record storage rec = _records[channelId];
-            uint128 deposit = rec.deposit;
-            uint128 settled = rec.settled;
-
-            SkipReason reason;
-            if (deposit == 0) {
-                reason = rec.finalized ? SkipReason.ChannelFinalized : SkipReason.ChannelNotFound;
-            } else if (cumulativeAmount > deposit) {
-                reason = SkipReason.AmountExceedsDeposit;
-            } else if (cumulativeAmount <= settled) {
-                reason = SkipReason.AmountNotIncreasing;
-            } else {
-                (address recovered, bool malformed,) =
-                    _recover(_voucherDigest(channelId, cumulativeAmount), item.signature);
-                address expected = authorizedSigner == address(0) ? payer : authorizedSigner;
-                if (malformed) {
-                    reason = SkipReason.MalformedSignature;
-                } else if (recovered != expected) {
-                    reason = SkipReason.InvalidSignature;
-                } else {
-                    rec.settled = cumulativeAmount;
-                    uint128 delta = cumulativeAmount - settled;
-                    emit Settled(channelId, payer, msg.sender, cumulativeAmount, delta, cumulativeAmount);
-                    unchecked {
-                        ++settledCount;
-                    }
-                    if (distinct == 0 || tokens[last] != token) {
-                        last = distinct;
-                        for (uint256 k; k < distinct; ++k) {
-                            if (tokens[k] == token) {
-                                last = k;
-                                break;
-                            }
-                        }
-                        if (last == distinct) {
-                            tokens[last] = token;
-                            unchecked {
-                                ++distinct;
-                            }
-                        }
-                    }
-                    // Cannot overflow: each delta is below 2^128 and n is bounded by calldata.
-                    unchecked {
-                        totals[last] += delta;
-                    }
-                    continue;
-                }
+        for (uint256 i; i < items.length; ++i) {
+            (address token, uint256 paid) = _settleItem(items[i], separator);
+            if (paid == 0) continue;
+            if (token != runToken) {
+                distinct = _fold(tokens, totals, distinct, runToken, runTotal);
+                runToken = token;
+                runTotal = 0;
             }
-            emit SettleSkipped(channelId, cumulativeAmount, reason);
+            // Cannot overflow: each payment is below 2^128 and the batch is bounded by calldata.
+            unchecked {
+                runTotal += paid;
+                ++settledCount;
+            }
         }
+        distinct = _fold(tokens, totals, distinct, runToken, runTotal);
 
         for (uint256 k; k < distinct; ++k) {
             _pay(tokens[k], msg.sender, totals[k]);
@@ -370,6 +329,126 @@ contract SluiceEscrow is ISluiceEscrow {
 
     // ================================================================ internals
 
+    /// @dev Settles one `settleBatch` item for `msg.sender` as payee, or emits `SettleSkipped`.
+    ///      Returns the item's token and the amount now owed to the payee (zero when skipped).
+    ///      Written in assembly because it runs once per channel of every batch: it reads the
+    ///      item straight from calldata, touches exactly one storage slot (the amounts word),
+    ///      and hashes and recovers in scratch memory, so a batch never grows memory per item.
+    ///      The checks and their order are those of `settle`.
+    function _settleItem(SettleItem calldata item, bytes32 separator) private returns (address token, uint256 paid) {
+        bytes32 channelId;
+        uint256 cumulativeAmount;
+        uint256 skip; // 0 when settled, else 1 + SkipReason
+        bytes32 settledTopic = Settled.selector;
+        bytes32 voucherTypehash = VOUCHER_TYPEHASH;
+        assembly ("memory-safe") {
+            let payer := calldataload(item)
+            token := calldataload(add(item, 0x20))
+            let signer := calldataload(add(item, 0x60))
+            cumulativeAmount := calldataload(add(item, 0x80))
+            // The ABI decoder's cleanliness checks for the address and uint128 fields.
+            if or(or(shr(160, payer), shr(160, token)), or(shr(160, signer), shr(128, cumulativeAmount))) {
+                revert(0, 0)
+            }
+
+            // channelId = keccak256(abi.encode(payer, msg.sender, token, salt, signer, this, chainid))
+            let m := mload(0x40)
+            mstore(m, payer)
+            mstore(add(m, 0x20), caller())
+            mstore(add(m, 0x40), token)
+            mstore(add(m, 0x60), calldataload(add(item, 0x40)))
+            mstore(add(m, 0x80), signer)
+            mstore(add(m, 0xa0), address())
+            mstore(add(m, 0xc0), chainid())
+            channelId := keccak256(m, 0xe0)
+
+            // The amounts word of _records[channelId]: deposit low, settled high.
+            mstore(0x00, channelId)
+            mstore(0x20, _records.slot)
+            let slot := add(keccak256(0x00, 0x40), 4)
+            let word := sload(slot)
+            let deposit := and(word, 0xffffffffffffffffffffffffffffffff)
+            let settled := shr(128, word)
+
+            switch iszero(deposit)
+            case 1 { skip := 1 } // unknown or finalized: told apart below, off the hot path
+            default {
+                switch gt(cumulativeAmount, deposit)
+                case 1 { skip := add(1, 2) } // AmountExceedsDeposit
+                default {
+                    switch iszero(gt(cumulativeAmount, settled))
+                    case 1 { skip := add(1, 3) } // AmountNotIncreasing
+                    default {
+                        let r := calldataload(add(item, 0xa0))
+                        let vs := calldataload(add(item, 0xc0))
+                        let s := and(vs, _S_MASK)
+                        switch or(
+                            or(iszero(r), iszero(lt(r, _SECP256K1_N))), or(iszero(s), gt(s, _SECP256K1_HALF_N))
+                        )
+                        case 1 { skip := add(1, 4) } // MalformedSignature
+                        default {
+                            // digest = keccak256("\x19\x01" ‖ separator ‖ keccak256(typehash, id, amount))
+                            mstore(m, voucherTypehash)
+                            mstore(add(m, 0x20), channelId)
+                            mstore(add(m, 0x40), cumulativeAmount)
+                            let structHash := keccak256(m, 0x60)
+                            mstore(m, shl(240, 0x1901))
+                            mstore(add(m, 0x02), separator)
+                            mstore(add(m, 0x22), structHash)
+                            let digest := keccak256(m, 0x42)
+
+                            mstore(m, digest)
+                            mstore(add(m, 0x20), add(shr(255, vs), 27))
+                            mstore(add(m, 0x40), r)
+                            mstore(add(m, 0x60), s)
+                            mstore(0x00, 0)
+                            pop(staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20))
+                            if iszero(signer) { signer := payer }
+                            switch eq(mload(0x00), signer)
+                            case 0 { skip := add(1, 5) } // InvalidSignature
+                            default {
+                                sstore(slot, or(deposit, shl(128, cumulativeAmount)))
+                                paid := sub(cumulativeAmount, settled)
+                                mstore(m, cumulativeAmount)
+                                mstore(add(m, 0x20), paid)
+                                mstore(add(m, 0x40), cumulativeAmount)
+                                log4(m, 0x60, settledTopic, channelId, payer, caller())
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if (skip != 0) {
+            SkipReason reason = SkipReason(skip - 1);
+            if (reason == SkipReason.ChannelNotFound && _records[channelId].finalized) {
+                reason = SkipReason.ChannelFinalized;
+            }
+            emit SettleSkipped(channelId, uint128(cumulativeAmount), reason);
+        }
+    }
+
+    /// @dev Adds a run's total to its token's entry in (tokens, totals), appending the token if new.
+    ///      Returns the new number of distinct tokens.
+    function _fold(address[] memory tokens, uint256[] memory totals, uint256 distinct, address token, uint256 total)
+        private
+        pure
+        returns (uint256)
+    {
+        if (total == 0) return distinct;
+        for (uint256 k; k < distinct; ++k) {
+            if (tokens[k] == token) {
+                unchecked {
+                    totals[k] += total;
+                }
+                return distinct;
+            }
+        }
+        tokens[distinct] = token;
+        totals[distinct] = total;
+        return distinct + 1;
+    }
+
     /// @dev The record of a channel that can still move funds, or the matching revert.
     function _liveRecord(bytes32 channelId) private view returns (Record storage rec) {
         rec = _records[channelId];
@@ -455,7 +534,7 @@ contract SluiceEscrow is ISluiceEscrow {
     ///      malleable or out of range, and recovers its signer (zero if the precompile fails).
     function _recover(bytes32 digest, bytes calldata signature)
         private
-        pure
+        view
         returns (address signer, bool malformed, SignatureFault fault)
     {
         bytes32 r;
@@ -476,7 +555,21 @@ contract SluiceEscrow is ISluiceEscrow {
         }
         if (r == 0 || uint256(r) >= _SECP256K1_N) return (address(0), true, SignatureFault.R);
         if (s == 0 || s > _SECP256K1_HALF_N) return (address(0), true, SignatureFault.S);
-        signer = ecrecover(digest, v, r, bytes32(s));
+        signer = _ecrecover(digest, v, r, s);
+    }
+
+    /// @dev The ecrecover precompile, called in scratch memory; zero when it recovers nothing.
+    function _ecrecover(bytes32 digest, uint8 v, bytes32 r, uint256 s) private view returns (address signer) {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, digest)
+            mstore(add(m, 0x20), v)
+            mstore(add(m, 0x40), r)
+            mstore(add(m, 0x60), s)
+            mstore(0x00, 0)
+            pop(staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20))
+            signer := mload(0x00)
+        }
     }
 
     function _requireVoucherSigner(

@@ -4,7 +4,6 @@ pragma solidity ^0.8.28;
 import {EscrowTestBase} from "./utils/EscrowTestBase.sol";
 import {Vm} from "./utils/Vm.sol";
 import {ISluiceEscrow} from "../src/interfaces/ISluiceEscrow.sol";
-import {SluiceEscrow} from "../src/SluiceEscrow.sol";
 
 /// @notice Unit and fuzz tests of open, topUp, requestClose, withdraw, settle and close.
 contract LifecycleTest is EscrowTestBase {
@@ -383,7 +382,7 @@ contract LifecycleTest is EscrowTestBase {
     }
 
     function test_withdraw_HonoursCustomGracePeriod() public {
-        SluiceEscrow quick = new SluiceEscrow("", "", 60);
+        ISluiceEscrow quick = _deployEscrow("", "", 60);
         vm.assertEq(uint256(quick.CLOSE_GRACE_PERIOD()), 60, "grace");
         vm.prank(payer);
         token.approve(address(quick), DEPOSIT);

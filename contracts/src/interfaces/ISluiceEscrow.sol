@@ -26,15 +26,18 @@ interface ISluiceEscrow {
     /// @notice One channel to settle in `settleBatch`.
     /// @dev The channel is named by its opening parameters rather than by its id: the escrow
     ///      re-derives the id with `msg.sender` as the payee, which proves in one hash that the
-    ///      caller is the payee, the token and the signer without reading them from storage.
-    ///      The parameters are those of the `ChannelOpened` event.
+    ///      caller is the payee, and which token and signer the channel has, without reading them
+    ///      from storage. The parameters are those of the `ChannelOpened` event. The signature is
+    ///      in EIP-2098 compact form (`r`, `yParityAndS` = yParity << 255 | s): any low-s 65-byte
+    ///      signature converts to it losslessly, and a fixed-size item keeps calldata small.
     struct SettleItem {
         address payer;
         address token;
         bytes32 salt;
         address authorizedSigner;
         uint128 cumulativeAmount;
-        bytes signature;
+        bytes32 r;
+        bytes32 yParityAndS;
     }
 
     /// @notice Why a `settleBatch` item was skipped.

@@ -2,7 +2,6 @@
 pragma solidity ^0.8.28;
 
 import {Vm} from "./Vm.sol";
-import {SluiceEscrow} from "../../src/SluiceEscrow.sol";
 import {ISluiceEscrow} from "../../src/interfaces/ISluiceEscrow.sol";
 import {TestToken} from "../tokens/TestToken.sol";
 
@@ -13,6 +12,21 @@ abstract contract TestUtils {
     Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
 
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+
+    /// @dev Deploys the escrow from its compiled artifact. Tests never import the escrow's source,
+    ///      so they compile with the fast legacy pipeline while the escrow itself is built with
+    ///      via-IR exactly as shipped (see foundry.toml). A plain CREATE, so `vm.prank` applies.
+    function _deployEscrow(string memory name, string memory version, uint64 grace)
+        internal
+        returns (ISluiceEscrow deployed)
+    {
+        bytes memory init =
+            abi.encodePacked(vm.getCode("SluiceEscrow.sol:SluiceEscrow"), abi.encode(name, version, grace));
+        assembly {
+            deployed := create(0, add(init, 0x20), mload(init))
+        }
+        require(address(deployed) != address(0), "escrow deployment failed");
+    }
 
     /// @dev Maps any `x` into [lo, hi] (inclusive), keeping small values stable.
     function _bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {
@@ -43,8 +57,17 @@ abstract contract TestUtils {
         view
         returns (bytes memory)
     {
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digestOf(escrow, channelId, amount));
-        return abi.encodePacked(r, bytes32(uint256(s) | (uint256(v - 27) << 255)));
+        (bytes32 r, bytes32 vs) = _signCompactParts(escrow, key, channelId, amount);
+        return abi.encodePacked(r, vs);
+    }
+
+    function _signCompactParts(ISluiceEscrow escrow, uint256 key, bytes32 channelId, uint128 amount)
+        internal
+        view
+        returns (bytes32 r, bytes32 vs)
+    {
+        (uint8 v, bytes32 r_, bytes32 s) = vm.sign(key, _digestOf(escrow, channelId, amount));
+        return (r_, bytes32(uint256(s) | (uint256(v - 27) << 255)));
     }
 
     /// @dev The malleated twin of a valid signature: (r, n - s, v flipped).
@@ -119,7 +142,7 @@ abstract contract TestUtils {
 /// @title EscrowTestBase
 /// @notice A deployed escrow (default profile), a plain token, and funded actors with keys.
 abstract contract EscrowTestBase is TestUtils {
-    SluiceEscrow internal escrow;
+    ISluiceEscrow internal escrow;
     TestToken internal token;
 
     // Anvil's well-known test keys #0, #1, #2, #3 (also used by the mppx vectors).
@@ -148,7 +171,7 @@ abstract contract EscrowTestBase is TestUtils {
         vm.label(delegate, "delegate");
         vm.label(stranger, "stranger");
 
-        escrow = new SluiceEscrow("", "", 0);
+        escrow = _deployEscrow("", "", 0);
         token = new TestToken("Test USD", "TUSD", 6);
         _fund(address(token), payer, 1e30);
         _fund(address(token), stranger, 1e30);
@@ -182,13 +205,15 @@ abstract contract EscrowTestBase is TestUtils {
         returns (ISluiceEscrow.SettleItem memory item)
     {
         bytes32 id = escrow.computeChannelId(payer, payee, tokenAddr, salt, signer);
+        (bytes32 r, bytes32 vs) = _signCompactParts(escrow, key, id, amount);
         item = ISluiceEscrow.SettleItem({
             payer: payer,
             token: tokenAddr,
             salt: salt,
             authorizedSigner: signer,
             cumulativeAmount: amount,
-            signature: _sign(escrow, key, id, amount)
+            r: r,
+            yParityAndS: vs
         });
     }
 

@@ -20,6 +20,7 @@ interface Vm {
     function stopPrank() external;
     function setNonce(address account, uint64 newNonce) external;
     function etch(address target, bytes calldata newRuntimeBytecode) external;
+    function getCode(string calldata artifactPath) external view returns (bytes memory creationBytecode);
     function expectRevert(bytes calldata revertData) external;
     function expectRevert(bytes4 revertData) external;
     function expectRevert() external;
@@ -30,14 +31,14 @@ interface Vm {
     function addr(uint256 privateKey) external pure returns (address keyAddr);
     function assume(bool condition) external pure;
     function label(address account, string calldata newLabel) external;
-    function assertTrue(bool condition, string calldata error) external pure;
-    function assertFalse(bool condition, string calldata error) external pure;
-    function assertEq(bool left, bool right, string calldata error) external pure;
-    function assertEq(uint256 left, uint256 right, string calldata error) external pure;
-    function assertEq(address left, address right, string calldata error) external pure;
-    function assertEq(bytes32 left, bytes32 right, string calldata error) external pure;
-    function assertEq(bytes calldata left, bytes calldata right, string calldata error) external pure;
-    function assertEq(string calldata left, string calldata right, string calldata error) external pure;
-    function assertLe(uint256 left, uint256 right, string calldata error) external pure;
-    function assertGe(uint256 left, uint256 right, string calldata error) external pure;
+    function assertTrue(bool condition, string calldata err) external pure;
+    function assertFalse(bool condition, string calldata err) external pure;
+    function assertEq(bool left, bool right, string calldata err) external pure;
+    function assertEq(uint256 left, uint256 right, string calldata err) external pure;
+    function assertEq(address left, address right, string calldata err) external pure;
+    function assertEq(bytes32 left, bytes32 right, string calldata err) external pure;
+    function assertEq(bytes calldata left, bytes calldata right, string calldata err) external pure;
+    function assertEq(string calldata left, string calldata right, string calldata err) external pure;
+    function assertLe(uint256 left, uint256 right, string calldata err) external pure;
+    function assertGe(uint256 left, uint256 right, string calldata err) external pure;
 }
