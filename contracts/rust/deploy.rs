@@ -50,7 +50,7 @@ where
     .await
     .map_err(|source| ContractsError::Deploy {
         contract: "SluiceEscrow",
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -69,6 +69,6 @@ where
         .await
         .map_err(|source| ContractsError::Deploy {
             contract: "TestToken",
-            source,
+            source: Box::new(source),
         })
 }

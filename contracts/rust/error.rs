@@ -10,9 +10,9 @@ pub enum ContractsError {
     Deploy {
         /// Which contract.
         contract: &'static str,
-        /// The underlying contract-call error.
+        /// The underlying contract-call error (boxed: it is large and this path is cold).
         #[source]
-        source: alloy::contract::Error,
+        source: Box<alloy::contract::Error>,
     },
     /// A voucher signature cannot be put into a `settleBatch` item.
     #[error("voucher signature rejected ({fault:?}): {len} bytes")]
@@ -23,7 +23,9 @@ pub enum ContractsError {
         len: usize,
     },
     /// No anvil binary where the tests look for it.
-    #[error("anvil not found at {path}: run `make tools` at the repository root (or set SLUICE_ANVIL)")]
+    #[error(
+        "anvil not found at {path}: run `make tools` at the repository root (or set SLUICE_ANVIL)"
+    )]
     AnvilMissing {
         /// The path that was tried.
         path: std::path::PathBuf,

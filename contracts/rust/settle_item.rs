@@ -59,7 +59,11 @@ pub fn compact_signature(signature: &[u8]) -> Result<(B256, B256), ContractsErro
     if s.is_zero() || s > SECP256K1_N >> 1 {
         return Err(fault(SignatureFault::S));
     }
-    let vs = if y_parity { s | (U256::from(1) << 255) } else { s };
+    let vs = if y_parity {
+        s | (U256::from(1) << 255)
+    } else {
+        s
+    };
     Ok((B256::from(r), B256::from(vs)))
 }
 
@@ -122,12 +126,30 @@ mod tests {
         let half = SECP256K1_N >> 1;
         assert_eq!(fault_of(&[0u8; 63]), Some(SignatureFault::Length));
         assert_eq!(fault_of(&[0u8; 66]), Some(SignatureFault::Length));
-        assert_eq!(fault_of(&sig65(U256::from(1), U256::from(1), 0)), Some(SignatureFault::RecoveryId));
-        assert_eq!(fault_of(&sig65(U256::from(1), U256::from(1), 1)), Some(SignatureFault::RecoveryId));
-        assert_eq!(fault_of(&sig65(U256::ZERO, U256::from(1), 27)), Some(SignatureFault::R));
-        assert_eq!(fault_of(&sig65(SECP256K1_N, U256::from(1), 27)), Some(SignatureFault::R));
-        assert_eq!(fault_of(&sig65(U256::from(1), U256::ZERO, 27)), Some(SignatureFault::S));
-        assert_eq!(fault_of(&sig65(U256::from(1), half + U256::from(1), 27)), Some(SignatureFault::S));
+        assert_eq!(
+            fault_of(&sig65(U256::from(1), U256::from(1), 0)),
+            Some(SignatureFault::RecoveryId)
+        );
+        assert_eq!(
+            fault_of(&sig65(U256::from(1), U256::from(1), 1)),
+            Some(SignatureFault::RecoveryId)
+        );
+        assert_eq!(
+            fault_of(&sig65(U256::ZERO, U256::from(1), 27)),
+            Some(SignatureFault::R)
+        );
+        assert_eq!(
+            fault_of(&sig65(SECP256K1_N, U256::from(1), 27)),
+            Some(SignatureFault::R)
+        );
+        assert_eq!(
+            fault_of(&sig65(U256::from(1), U256::ZERO, 27)),
+            Some(SignatureFault::S)
+        );
+        assert_eq!(
+            fault_of(&sig65(U256::from(1), half + U256::from(1), 27)),
+            Some(SignatureFault::S)
+        );
         assert_eq!(fault_of(&sig65(U256::from(1), half, 27)), None);
     }
 }

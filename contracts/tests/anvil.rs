@@ -12,8 +12,8 @@ use alloy::{
     sol_types::SolEvent,
 };
 use sluice_contracts::{
-    DEFAULT_CLOSE_GRACE_PERIOD, EscrowConfig, SluiceEscrow, TestToken,
-    anvil_binary, deploy_escrow, deploy_test_token, settle_item,
+    DEFAULT_CLOSE_GRACE_PERIOD, EscrowConfig, SluiceEscrow, TestToken, anvil_binary, deploy_escrow,
+    deploy_test_token, settle_item,
 };
 use support::{anvil_signer, reference_channel_id, reference_digest, sign65, vector_file};
 
@@ -49,7 +49,11 @@ fn hex_bytes(v: &serde_json::Value) -> Vec<u8> {
     alloy::hex::decode(v.as_str().expect("hex string")).expect("hex")
 }
 
-async fn mined(pending: alloy::contract::Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>>) -> TransactionReceipt {
+async fn mined(
+    pending: alloy::contract::Result<
+        alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
+    >,
+) -> TransactionReceipt {
     let receipt = pending
         .expect("transaction accepted")
         .get_receipt()
@@ -110,7 +114,11 @@ async fn digests_channel_ids_and_signatures_match_mppx_vectors() {
             v["label"]
         );
         assert_eq!(
-            escrow.domainSeparator().call().await.expect("domainSeparator"),
+            escrow
+                .domainSeparator()
+                .call()
+                .await
+                .expect("domainSeparator"),
             hex_b256(&v["domainSeparator"]),
             "domain separator"
         );
@@ -182,9 +190,19 @@ async fn digests_channel_ids_and_signatures_match_mppx_vectors() {
         "MalformedSignature(S), got {decoded:?}"
     );
     let signature = hex_bytes(&v250k["signature"]);
-    mined(payee_escrow.settle(channel_id, 250_000, signature.into()).send().await).await;
+    mined(
+        payee_escrow
+            .settle(channel_id, 250_000, signature.into())
+            .send()
+            .await,
+    )
+    .await;
     let balance = token.balanceOf(payee).call().await.expect("balanceOf");
-    assert_eq!(balance, U256::from(250_000), "payee paid by the mppx voucher");
+    assert_eq!(
+        balance,
+        U256::from(250_000),
+        "payee paid by the mppx voucher"
+    );
 
     // The delegated vector through settleBatch (signature converted to compact form).
     let delegated = &vouchers["vectors"][2];
@@ -199,7 +217,11 @@ async fn digests_channel_ids_and_signatures_match_mppx_vectors() {
     .expect("vector signature converts");
     mined(payee_escrow.settleBatch(vec![item]).send().await).await;
     let balance = token.balanceOf(payee).call().await.expect("balanceOf");
-    assert_eq!(balance, U256::from(500_000), "delegated voucher settled in a batch");
+    assert_eq!(
+        balance,
+        U256::from(500_000),
+        "delegated voucher settled in a batch"
+    );
 }
 
 #[tokio::test]
@@ -228,24 +250,52 @@ async fn lifecycle_through_the_bindings() {
         .await
         .expect("default escrow deploys");
     assert_eq!(
-        default_escrow.CLOSE_GRACE_PERIOD().call().await.expect("grace"),
+        default_escrow
+            .CLOSE_GRACE_PERIOD()
+            .call()
+            .await
+            .expect("grace"),
         DEFAULT_CLOSE_GRACE_PERIOD,
         "default grace period"
     );
 
-    mined(token.mint(payer.address(), U256::from(1_000_000)).send().await).await;
+    mined(
+        token
+            .mint(payer.address(), U256::from(1_000_000))
+            .send()
+            .await,
+    )
+    .await;
     mined(token.approve(*escrow.address(), U256::MAX).send().await).await;
     let (salt_a, salt_b) = (B256::repeat_byte(1), B256::repeat_byte(2));
     for salt in [salt_a, salt_b] {
-        mined(escrow.open(payee, *token.address(), 1000, salt, Address::ZERO).send().await).await;
+        mined(
+            escrow
+                .open(payee, *token.address(), 1000, salt, Address::ZERO)
+                .send()
+                .await,
+        )
+        .await;
     }
     let id_a = escrow
-        .computeChannelId(payer.address(), payee, *token.address(), salt_a, Address::ZERO)
+        .computeChannelId(
+            payer.address(),
+            payee,
+            *token.address(),
+            salt_a,
+            Address::ZERO,
+        )
         .call()
         .await
         .expect("id");
     let id_b = escrow
-        .computeChannelId(payer.address(), payee, *token.address(), salt_b, Address::ZERO)
+        .computeChannelId(
+            payer.address(),
+            payee,
+            *token.address(),
+            salt_b,
+            Address::ZERO,
+        )
         .call()
         .await
         .expect("id");
@@ -254,14 +304,35 @@ async fn lifecycle_through_the_bindings() {
     let sign = |id: B256, amount: u128| {
         sign65(
             &payer,
-            reference_digest("Tempo Stream Channel", "1", CHAIN_ID, *escrow.address(), id, amount),
+            reference_digest(
+                "Tempo Stream Channel",
+                "1",
+                CHAIN_ID,
+                *escrow.address(),
+                id,
+                amount,
+            ),
         )
     };
     let items = vec![
-        settle_item(payer.address(), *token.address(), salt_a, Address::ZERO, 300, &sign(id_a, 300))
-            .expect("item"),
-        settle_item(payer.address(), *token.address(), salt_b, Address::ZERO, 100, &sign(id_b, 100))
-            .expect("item"),
+        settle_item(
+            payer.address(),
+            *token.address(),
+            salt_a,
+            Address::ZERO,
+            300,
+            &sign(id_a, 300),
+        )
+        .expect("item"),
+        settle_item(
+            payer.address(),
+            *token.address(),
+            salt_b,
+            Address::ZERO,
+            100,
+            &sign(id_b, 100),
+        )
+        .expect("item"),
     ];
     let payee_escrow = SluiceEscrow::new(*escrow.address(), payee_provider.clone());
     let receipt = mined(payee_escrow.settleBatch(items).send().await).await;
@@ -279,7 +350,13 @@ async fn lifecycle_through_the_bindings() {
     );
 
     // Close A cooperatively with a higher voucher; B by request and withdraw.
-    mined(payee_escrow.close(id_a, 450, sign(id_a, 450).into()).send().await).await;
+    mined(
+        payee_escrow
+            .close(id_a, 450, sign(id_a, 450).into())
+            .send()
+            .await,
+    )
+    .await;
     let channel = escrow.getChannel(id_a).call().await.expect("getChannel");
     assert!(channel.finalized, "A finalized");
     assert_eq!(channel.deposit, 0, "A tombstone");
@@ -311,12 +388,20 @@ async fn lifecycle_through_the_bindings() {
         "payee: 300 + 150 (A) + 100 (B)"
     );
     assert_eq!(
-        token.balanceOf(payer.address()).call().await.expect("balance"),
+        token
+            .balanceOf(payer.address())
+            .call()
+            .await
+            .expect("balance"),
         U256::from(1_000_000 - 550),
         "payer got the rest back"
     );
     assert_eq!(
-        token.balanceOf(*escrow.address()).call().await.expect("balance"),
+        token
+            .balanceOf(*escrow.address())
+            .call()
+            .await
+            .expect("balance"),
         U256::ZERO,
         "escrow empty"
     );
