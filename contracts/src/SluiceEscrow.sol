@@ -36,6 +36,14 @@ contract SluiceEscrow is ISluiceEscrow {
     /// Mask clearing the yParity bit of an EIP-2098 `yParityAndS` word.
     uint256 private constant _S_MASK = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF;
 
+    /// `_settleItem` outcomes in assembly, which cannot name enum members: 0 = settled, else
+    /// 1 + SkipReason (ChannelNotFound also stands for ChannelFinalized until told apart).
+    uint256 private constant _SKIP_NO_LIVE_CHANNEL = 1;
+    uint256 private constant _SKIP_AMOUNT_EXCEEDS_DEPOSIT = 3;
+    uint256 private constant _SKIP_AMOUNT_NOT_INCREASING = 4;
+    uint256 private constant _SKIP_MALFORMED_SIGNATURE = 5;
+    uint256 private constant _SKIP_INVALID_SIGNATURE = 6;
+
     /// @dev Storage layout, chosen for `settleBatch`: the amounts live alone in one slot, which is
     ///      the only slot a batch item reads and writes (the other fields are proven by the
     ///      channel id). A live channel always has `deposit > 0`; a finalized one keeps only
@@ -338,7 +346,7 @@ contract SluiceEscrow is ISluiceEscrow {
     function _settleItem(SettleItem calldata item, bytes32 separator) private returns (address token, uint256 paid) {
         bytes32 channelId;
         uint256 cumulativeAmount;
-        uint256 skip; // 0 when settled, else 1 + SkipReason
+        uint256 skip; // 0 when settled, else one of the _SKIP_* codes
         bytes32 settledTopic = Settled.selector;
         bytes32 voucherTypehash = VOUCHER_TYPEHASH;
         assembly ("memory-safe") {
@@ -371,21 +379,19 @@ contract SluiceEscrow is ISluiceEscrow {
             let settled := shr(128, word)
 
             switch iszero(deposit)
-            case 1 { skip := 1 } // unknown or finalized: told apart below, off the hot path
+            case 1 { skip := _SKIP_NO_LIVE_CHANNEL } // unknown or finalized: told apart below
             default {
                 switch gt(cumulativeAmount, deposit)
-                case 1 { skip := add(1, 2) } // AmountExceedsDeposit
+                case 1 { skip := _SKIP_AMOUNT_EXCEEDS_DEPOSIT }
                 default {
                     switch iszero(gt(cumulativeAmount, settled))
-                    case 1 { skip := add(1, 3) } // AmountNotIncreasing
+                    case 1 { skip := _SKIP_AMOUNT_NOT_INCREASING }
                     default {
                         let r := calldataload(add(item, 0xa0))
                         let vs := calldataload(add(item, 0xc0))
                         let s := and(vs, _S_MASK)
-                        switch or(
-                            or(iszero(r), iszero(lt(r, _SECP256K1_N))), or(iszero(s), gt(s, _SECP256K1_HALF_N))
-                        )
-                        case 1 { skip := add(1, 4) } // MalformedSignature
+                        switch or(or(iszero(r), iszero(lt(r, _SECP256K1_N))), or(iszero(s), gt(s, _SECP256K1_HALF_N)))
+                        case 1 { skip := _SKIP_MALFORMED_SIGNATURE }
                         default {
                             // digest = keccak256("\x19\x01" ‖ separator ‖ keccak256(typehash, id, amount))
                             mstore(m, voucherTypehash)
@@ -405,7 +411,7 @@ contract SluiceEscrow is ISluiceEscrow {
                             pop(staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20))
                             if iszero(signer) { signer := payer }
                             switch eq(mload(0x00), signer)
-                            case 0 { skip := add(1, 5) } // InvalidSignature
+                            case 0 { skip := _SKIP_INVALID_SIGNATURE }
                             default {
                                 sstore(slot, or(deposit, shl(128, cumulativeAmount)))
                                 paid := sub(cumulativeAmount, settled)
@@ -616,8 +622,7 @@ contract SluiceEscrow is ISluiceEscrow {
     }
 
     function _balanceOf(address token) private view returns (uint256 balance) {
-        (bool success, bytes memory ret) =
-            token.staticcall(abi.encodeCall(IERC20Minimal.balanceOf, (address(this))));
+        (bool success, bytes memory ret) = token.staticcall(abi.encodeCall(IERC20Minimal.balanceOf, (address(this))));
         if (!success || ret.length < 32) revert InvalidToken(token);
         balance = abi.decode(ret, (uint256));
     }

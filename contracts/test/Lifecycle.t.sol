@@ -88,7 +88,9 @@ contract LifecycleTest is EscrowTestBase {
         vm.prank(payer);
         token.approve(address(escrow), DEPOSIT - 1);
         vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.TransferFailed.selector, address(token), payer, address(escrow), DEPOSIT)
+            abi.encodeWithSelector(
+                ISluiceEscrow.TransferFailed.selector, address(token), payer, address(escrow), DEPOSIT
+            )
         );
         _open(DEPOSIT);
     }
@@ -178,9 +180,7 @@ contract LifecycleTest is EscrowTestBase {
 
     function test_topUp_RevertIf_HugeAmount() public {
         bytes32 id = _open(DEPOSIT);
-        vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.DepositOverflow.selector, id, DEPOSIT, type(uint256).max)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ISluiceEscrow.DepositOverflow.selector, id, DEPOSIT, type(uint256).max));
         vm.prank(payer);
         escrow.topUp(id, type(uint256).max);
     }
@@ -513,9 +513,7 @@ contract LifecycleTest is EscrowTestBase {
     function test_settle_RevertIf_AmountExceedsDeposit() public {
         bytes32 id = _open(DEPOSIT);
         bytes memory sig = _sign(escrow, PAYER_KEY, id, DEPOSIT + 1);
-        vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.AmountExceedsDeposit.selector, id, DEPOSIT + 1, DEPOSIT)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ISluiceEscrow.AmountExceedsDeposit.selector, id, DEPOSIT + 1, DEPOSIT));
         vm.prank(payee);
         escrow.settle(id, DEPOSIT + 1, sig);
     }
@@ -662,9 +660,7 @@ contract LifecycleTest is EscrowTestBase {
     function test_close_RevertIf_AmountExceedsDeposit() public {
         bytes32 id = _open(DEPOSIT);
         bytes memory sig = _sign(escrow, PAYER_KEY, id, DEPOSIT + 1);
-        vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.AmountExceedsDeposit.selector, id, DEPOSIT + 1, DEPOSIT)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ISluiceEscrow.AmountExceedsDeposit.selector, id, DEPOSIT + 1, DEPOSIT));
         vm.prank(payee);
         escrow.close(id, DEPOSIT + 1, sig);
     }

@@ -231,6 +231,20 @@ contract SettleBatchTest is EscrowTestBase {
         vm.assertEq(token.balanceOf(payee), 0, "nothing paid");
     }
 
+    function test_settleBatch_RevertIf_DirtyAddressBits() public {
+        _openWith(address(token), DEPOSIT, SALT, address(0));
+        ISluiceEscrow.SettleItem[] memory items = new ISluiceEscrow.SettleItem[](1);
+        items[0] = _item(address(token), SALT, address(0), 10, PAYER_KEY);
+        bytes memory data = abi.encodeCall(ISluiceEscrow.settleBatch, (items));
+        // Calldata: selector, array offset, length, then the item; set a bit above the payer's 160.
+        data[4 + 32 + 32 + 11] = 0x01;
+        vm.prank(payee);
+        (bool ok,) = address(escrow).call(data);
+        vm.assertFalse(ok, "non-canonical ABI encoding refused");
+        bytes32 id = escrow.computeChannelId(payer, payee, address(token), SALT, address(0));
+        _assertChannel(id, false, 0, DEPOSIT, 0, "unchanged");
+    }
+
     function test_settleBatch_DuringCloseRequest() public {
         bytes32 id = _openWith(address(token), DEPOSIT, SALT, address(0));
         vm.prank(payer);

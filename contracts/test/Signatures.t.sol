@@ -323,7 +323,9 @@ contract SignaturesTest is EscrowTestBase {
         vm.assertEq(vectorEscrow.getVoucherDigest(VECTOR_CHANNEL, 0), VECTOR_DIGEST_0, "digest 0");
         vm.assertEq(vectorEscrow.getVoucherDigest(VECTOR_CHANNEL, 250_000), VECTOR_DIGEST_250K, "digest 250k");
         vm.assertEq(
-            vectorEscrow.getVoucherDigest(VECTOR_DELEGATED_CHANNEL, 250_000), VECTOR_DIGEST_DELEGATED, "digest delegated"
+            vectorEscrow.getVoucherDigest(VECTOR_DELEGATED_CHANNEL, 250_000),
+            VECTOR_DIGEST_DELEGATED,
+            "digest delegated"
         );
 
         vectorToken.mint(payer, 2 * DEPOSIT);
@@ -338,7 +340,9 @@ contract SignaturesTest is EscrowTestBase {
 
         // mppx accepts v=0/1 nowhere and high-s in its own verifier; the escrow refuses both.
         vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.MalformedSignature.selector, id, ISluiceEscrow.SignatureFault.RecoveryId)
+            abi.encodeWithSelector(
+                ISluiceEscrow.MalformedSignature.selector, id, ISluiceEscrow.SignatureFault.RecoveryId
+            )
         );
         vm.prank(payee);
         vectorEscrow.settle(id, 250_000, VECTOR_SIG_250K_V01);

@@ -77,16 +77,14 @@ contract TokensTest is EscrowTestBase {
         feeToken.setFeeBps(0);
         bytes32 id = _openWith(address(feeToken), DEPOSIT, SALT, address(0));
         feeToken.setFeeBps(100);
-        vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.FeeOnTransferToken.selector, address(feeToken), 1000, 990)
-        );
+        vm.expectRevert(abi.encodeWithSelector(ISluiceEscrow.FeeOnTransferToken.selector, address(feeToken), 1000, 990));
         vm.prank(payer);
         escrow.topUp(id, 1000);
         _assertChannel(id, false, 0, DEPOSIT, 0, "deposit unchanged");
         vm.assertEq(feeToken.balanceOf(address(escrow)), DEPOSIT, "escrow unchanged");
     }
 
-    function test_feeToken_LaterFeeNeverTakesFromOtherChannels() public {
+    function test_feeToken_FeeTurnedOnLaterIsBorneByRecipients() public {
         // A token that starts charging fees after open only shortchanges the recipient of each
         // payout; the escrow still pays exactly the owed amounts out of its own balance.
         feeToken.setFeeBps(0);
@@ -178,7 +176,9 @@ contract TokensTest is EscrowTestBase {
         falseToken.setFailing(true);
         bytes memory sig = _sign(escrow, PAYER_KEY, id, 10);
         vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.TransferFailed.selector, address(falseToken), address(escrow), payee, 10)
+            abi.encodeWithSelector(
+                ISluiceEscrow.TransferFailed.selector, address(falseToken), address(escrow), payee, 10
+            )
         );
         vm.prank(payee);
         escrow.settle(id, 10, sig);
@@ -201,7 +201,9 @@ contract TokensTest is EscrowTestBase {
         ISluiceEscrow.SettleItem[] memory items = new ISluiceEscrow.SettleItem[](1);
         items[0] = _item(address(falseToken), SALT, address(0), 10, PAYER_KEY);
         vm.expectRevert(
-            abi.encodeWithSelector(ISluiceEscrow.TransferFailed.selector, address(falseToken), address(escrow), payee, 10)
+            abi.encodeWithSelector(
+                ISluiceEscrow.TransferFailed.selector, address(falseToken), address(escrow), payee, 10
+            )
         );
         vm.prank(payee);
         escrow.settleBatch(items);
