@@ -14,21 +14,11 @@ fn load(path: &str) -> JsonAbi {
     serde_json::from_value(abi).unwrap_or_else(|e| panic!("ABI in {}: {e}", full.display()))
 }
 
-/// A parameter without its `internalType` (which names the Solidity struct's contract).
-fn shape(p: &Param) -> (String, String, Vec<(String, String, Vec<String>)>) {
-    let components = p
-        .components
-        .iter()
-        .map(|c| {
-            let nested = c
-                .components
-                .iter()
-                .map(|n| format!("{}:{}", n.name, n.ty))
-                .collect();
-            (c.name.clone(), c.ty.clone(), nested)
-        })
-        .collect();
-    (p.name.clone(), p.ty.clone(), components)
+/// A parameter as `name:type(components…)`, without its `internalType` (which names the
+/// Solidity struct's contract and differs by design).
+fn shape(p: &Param) -> String {
+    let components: Vec<String> = p.components.iter().map(shape).collect();
+    format!("{}:{}({})", p.name, p.ty, components.join(","))
 }
 
 #[test]
