@@ -15,5 +15,5 @@ pub use deploy::{
     deploy_test_token,
 };
 pub use error::ContractsError;
-pub use settle_item::{SignatureFault, compact_signature, settle_item};
+pub use settle_item::{SignatureFault, compact_signature, settle_item, settle_item_from_opened};
 pub use tools::anvil_binary;

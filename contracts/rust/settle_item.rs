@@ -2,7 +2,7 @@
 
 use alloy::primitives::{Address, B256, U256};
 
-use crate::{ContractsError, ISluiceEscrow};
+use crate::{ContractsError, ISluiceEscrow, SluiceEscrow};
 
 /// What is wrong with a signature's bytes (the escrow's `SignatureFault`, same order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,23 @@ pub fn settle_item(
         r,
         yParityAndS: y_parity_and_s,
     })
+}
+
+/// [`settle_item`] for the channel a `ChannelOpened` event announced (the event carries every
+/// opening parameter, including the salt that `getChannel` does not return).
+pub fn settle_item_from_opened(
+    opened: &SluiceEscrow::ChannelOpened,
+    cumulative_amount: u128,
+    signature: &[u8],
+) -> Result<ISluiceEscrow::SettleItem, ContractsError> {
+    settle_item(
+        opened.payer,
+        opened.token,
+        opened.salt,
+        opened.authorizedSigner,
+        cumulative_amount,
+        signature,
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use alloy::{
 };
 use sluice_contracts::{
     DEFAULT_CLOSE_GRACE_PERIOD, EscrowConfig, SluiceEscrow, TestToken, anvil_binary, deploy_escrow,
-    deploy_test_token, settle_item,
+    deploy_test_token, settle_item, settle_item_from_opened,
 };
 use support::{anvil_signer, reference_channel_id, reference_digest, sign65, vector_file};
 
@@ -268,15 +268,25 @@ async fn lifecycle_through_the_bindings() {
     .await;
     mined(token.approve(*escrow.address(), U256::MAX).send().await).await;
     let (salt_a, salt_b) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    let mut opened = Vec::new();
     for salt in [salt_a, salt_b] {
-        mined(
+        let receipt = mined(
             escrow
                 .open(payee, *token.address(), 1000, salt, Address::ZERO)
                 .send()
                 .await,
         )
         .await;
+        opened.extend(
+            receipt
+                .inner
+                .logs()
+                .iter()
+                .filter_map(|log| SluiceEscrow::ChannelOpened::decode_log(&log.inner).ok())
+                .map(|log| log.data),
+        );
     }
+    assert_eq!(opened.len(), 2, "one ChannelOpened per open");
     let id_a = escrow
         .computeChannelId(
             payer.address(),
@@ -314,26 +324,12 @@ async fn lifecycle_through_the_bindings() {
             ),
         )
     };
+    // The daemon's view: items built from the ChannelOpened events.
     let items = vec![
-        settle_item(
-            payer.address(),
-            *token.address(),
-            salt_a,
-            Address::ZERO,
-            300,
-            &sign(id_a, 300),
-        )
-        .expect("item"),
-        settle_item(
-            payer.address(),
-            *token.address(),
-            salt_b,
-            Address::ZERO,
-            100,
-            &sign(id_b, 100),
-        )
-        .expect("item"),
+        settle_item_from_opened(&opened[0], 300, &sign(id_a, 300)).expect("item"),
+        settle_item_from_opened(&opened[1], 100, &sign(id_b, 100)).expect("item"),
     ];
+    assert_eq!(opened[0].channelId, id_a, "event id");
     let payee_escrow = SluiceEscrow::new(*escrow.address(), payee_provider.clone());
     let receipt = mined(payee_escrow.settleBatch(items).send().await).await;
     let settled: Vec<_> = receipt
