@@ -29,7 +29,7 @@ FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS = $(shell sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^sluice-fuzz$$')
 
-.PHONY: all tools cargo-fuzz test test-contracts test-rust fuzz-smoke fuzz lint fmt artifacts clean help
+.PHONY: all tools cargo-fuzz test test-contracts test-rust fuzz-smoke fuzz lint fmt artifacts artifacts-check clean help
 
 all: test
 
@@ -59,6 +59,24 @@ test: tools test-contracts test-rust fuzz-smoke
 
 test-contracts: tools
 	@if [ -d contracts ]; then cd contracts && $(FORGE) build --quiet && $(MAKE) -C $(ROOT) --no-print-directory artifacts-check && $(FORGE) test; fi
+
+# Committed contract artifacts (trimmed {abi, bytecode, deployedBytecode}) that alloy `sol!` reads.
+# Only the escrow and the test tokens are built for them: `forge build` of those paths.
+ARTIFACT_SOURCES := src test/tokens
+ARTIFACTS := $(ROOT)/contracts/artifacts
+
+artifacts: tools
+	cd contracts && $(FORGE) build --quiet $(ARTIFACT_SOURCES)
+	node $(TOOLS)/trim-artifacts.js contracts/out $(ARTIFACTS)
+
+# Rebuilds from scratch into a temporary directory and fails if the committed artifacts differ.
+artifacts-check: tools
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd contracts && $(FORGE) build --quiet --out "$$tmp/out" --cache-path "$$tmp/cache" $(ARTIFACT_SOURCES)); \
+	node $(TOOLS)/trim-artifacts.js "$$tmp/out" "$$tmp/artifacts"; \
+	if ! diff -r -q "$(ARTIFACTS)" "$$tmp/artifacts"; then \
+	  echo "contracts/artifacts is stale: run 'make artifacts' and commit the result" >&2; exit 1; \
+	fi; echo "artifacts-check: contracts/artifacts match a fresh build"
 
 test-rust:
 	cargo fmt --all --check
