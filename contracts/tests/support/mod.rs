@@ -70,6 +70,8 @@ pub(crate) fn reference_digest(
 }
 
 /// The v1 channel id formula, computed here without the escrow.
+///
+/// VOUCHER-CRATE HOOK: once `sluice-voucher` lands, also compare its channel-id derivation here.
 pub(crate) fn reference_channel_id(
     payer: Address,
     payee: Address,
