@@ -82,7 +82,10 @@ pub struct ChainError {
 impl ChainError {
     /// Whether the same call may succeed if repeated.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ChainErrorKind::Transport | ChainErrorKind::Timeout)
+        matches!(
+            self.kind,
+            ChainErrorKind::Transport | ChainErrorKind::Timeout
+        )
     }
 }
 
