@@ -92,7 +92,29 @@ fn main() {
             .is_ok()
         })
     };
-    let candidates: [(&str, Check<'_>); 4] = [
+    // The raw k256 recoveries of the same digests, for the choice of k256 version.
+    use sluice_voucher::k256;
+    let raw: Vec<([u8; 32], [u8; 64], bool)> = wire
+        .iter()
+        .map(|(voucher, bytes)| {
+            let mut rs = [0u8; 64];
+            rs.copy_from_slice(&bytes[..64]);
+            (domain.digest(voucher).0, rs, bytes[64] == 28)
+        })
+        .collect();
+    let k256_0_14 = |i: usize| {
+        let (digest, rs, odd) = &raw[i];
+        let sig = k256::ecdsa::Signature::from_slice(rs).expect("sig");
+        let id = k256::ecdsa::RecoveryId::new(*odd, false);
+        k256::ecdsa::VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok()
+    };
+    let k256_0_13 = |i: usize| {
+        let (digest, rs, odd) = &raw[i];
+        let sig = k256_0_13::ecdsa::Signature::from_slice(rs).expect("sig");
+        let id = k256_0_13::ecdsa::RecoveryId::new(*odd, false);
+        k256_0_13::ecdsa::VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok()
+    };
+    let candidates: [(&str, Check<'_>); 6] = [
         ("sluice_check_recover", Box::new(recover)),
         (
             "sluice_check_cached_key_small_table",
@@ -106,6 +128,8 @@ fn main() {
             "sluice_check_cached_key_large_table",
             Box::new(|i| with_key(&cached[2], i)),
         ),
+        ("k256_0_14_recover_from_prehash", Box::new(k256_0_14)),
+        ("k256_0_13_recover_from_prehash", Box::new(k256_0_13)),
     ];
 
     let time_round = |f: &dyn Fn(usize) -> bool| {
