@@ -264,7 +264,11 @@ mod tests {
         assert_eq!(next.authorized_signer, Address::repeat_byte(0x44));
         assert_eq!((next.deposit, next.settled), (500, 0));
         assert_eq!(next.chain_checked_at_ms, 42);
-        assert_eq!(next.status, ChannelStatus::Opening, "opening is the facade's call");
+        assert_eq!(
+            next.status,
+            ChannelStatus::Opening,
+            "opening is the facade's call"
+        );
     }
 
     #[test]
@@ -304,7 +308,10 @@ mod tests {
         let closed = apply_chain_facts(&record, &chain, 20_000).expect("applies");
         assert!(closed.finalized);
         assert_eq!(closed.status, ChannelStatus::Closed);
-        assert_eq!(closed.deposit, record.deposit, "the zeroed read is not copied");
+        assert_eq!(
+            closed.deposit, record.deposit,
+            "the zeroed read is not copied"
+        );
         assert_eq!(closed.payer, record.payer);
         assert!(closed.check_invariants().is_ok());
         // A finalized channel reading live again is a contradiction.
@@ -372,30 +379,41 @@ mod tests {
         broken.spent = broken.accepted_cumulative + 1;
         assert!(matches!(
             apply_chain_facts(&broken, &live(1_000, 100), 1),
-            Err(ChainFactsError::Record(RecordError::SpentExceedsAccepted { .. }))
+            Err(ChainFactsError::Record(
+                RecordError::SpentExceedsAccepted { .. }
+            ))
         ));
     }
 
     fn arb_record() -> impl Strategy<Value = ChannelRecord> {
-        (0u128..10_000, 0u128..10_000, 0u128..10_000, 0u8..4, any::<bool>(), 0u64..3)
-            .prop_map(|(deposit, accepted_raw, spent_raw, status, finalized, who)| {
-                let mut record = ChannelRecord::new(B256::repeat_byte(0xc1));
-                record.status = ChannelStatus::from_byte(status).expect("0..4");
-                record.finalized = finalized;
-                if who > 0 {
-                    record.payer = PAYER;
-                    record.payee = PAYEE;
-                    record.token = TOKEN;
-                }
-                record.deposit = deposit;
-                record.settled = deposit / 3;
-                record.accepted_cumulative = accepted_raw % (deposit + 1);
-                record.spent = spent_raw % (record.accepted_cumulative + 1);
-                if record.accepted_cumulative > 0 {
-                    record.accepted_signature = [9; SIGNATURE_LEN];
-                }
-                record
-            })
+        (
+            0u128..10_000,
+            0u128..10_000,
+            0u128..10_000,
+            0u8..4,
+            any::<bool>(),
+            0u64..3,
+        )
+            .prop_map(
+                |(deposit, accepted_raw, spent_raw, status, finalized, who)| {
+                    let mut record = ChannelRecord::new(B256::repeat_byte(0xc1));
+                    record.status = ChannelStatus::from_byte(status).expect("0..4");
+                    record.finalized = finalized;
+                    if who > 0 {
+                        record.payer = PAYER;
+                        record.payee = PAYEE;
+                        record.token = TOKEN;
+                    }
+                    record.deposit = deposit;
+                    record.settled = deposit / 3;
+                    record.accepted_cumulative = accepted_raw % (deposit + 1);
+                    record.spent = spent_raw % (record.accepted_cumulative + 1);
+                    if record.accepted_cumulative > 0 {
+                        record.accepted_signature = [9; SIGNATURE_LEN];
+                    }
+                    record
+                },
+            )
     }
 
     fn arb_chain() -> impl Strategy<Value = OnChainChannel> {
@@ -404,7 +422,11 @@ mod tests {
                 finalized,
                 close_requested_at: close * 1_000,
                 payer: if who == 0 { Address::ZERO } else { PAYER },
-                payee: if who == 3 { Address::repeat_byte(0x99) } else { PAYEE },
+                payee: if who == 3 {
+                    Address::repeat_byte(0x99)
+                } else {
+                    PAYEE
+                },
                 token: TOKEN,
                 authorized_signer: Address::ZERO,
                 deposit,

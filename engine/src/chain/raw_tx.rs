@@ -98,9 +98,7 @@ mod tests {
             access_list: Default::default(),
             input: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
         };
-        let signature = signer()
-            .sign_hash_sync(&tx.signature_hash())
-            .expect("sign");
+        let signature = signer().sign_hash_sync(&tx.signature_hash()).expect("sign");
         TxEnvelope::from(tx.into_signed(signature)).encoded_2718()
     }
 
@@ -129,9 +127,7 @@ mod tests {
             value: U256::from(5),
             input: Bytes::new(),
         };
-        let signature = signer()
-            .sign_hash_sync(&tx.signature_hash())
-            .expect("sign");
+        let signature = signer().sign_hash_sync(&tx.signature_hash()).expect("sign");
         let raw = TxEnvelope::from(tx.into_signed(signature)).encoded_2718();
         let decoded = RawTransaction::decode(&raw).expect("valid");
         assert_eq!(decoded.hash, keccak256(&raw));
@@ -164,10 +160,8 @@ mod tests {
             "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
         ));
         let sig = *signed.signature();
-        let high_s =
-            alloy_primitives::Signature::new(sig.r(), n - sig.s(), !sig.v());
-        let malleated =
-            TxEnvelope::from(signed.tx().clone().into_signed(high_s)).encoded_2718();
+        let high_s = alloy_primitives::Signature::new(sig.r(), n - sig.s(), !sig.v());
+        let malleated = TxEnvelope::from(signed.tx().clone().into_signed(high_s)).encoded_2718();
         assert_eq!(kind(&malleated), Err(ChainErrorKind::InvalidTransaction));
     }
 

@@ -311,54 +311,44 @@ impl ChainClient for RpcChain {
         self.config.escrow
     }
 
-    fn channel(&self, id: B256) -> impl Future<Output = Result<OnChainChannel, ChainError>> + Send {
+    async fn channel(&self, id: B256) -> Result<OnChainChannel, ChainError> {
         const OPERATION: &str = "getChannel";
-        async move {
-            let channel = self
-                .with_retries(OPERATION, || async {
-                    self.escrow_contract()
-                        .getChannel(id)
-                        .call()
-                        .await
-                        .map_err(|e| classify_contract(OPERATION, e))
-                })
-                .await?;
-            Ok(on_chain_channel(&channel))
-        }
+        let channel = self
+            .with_retries(OPERATION, || async {
+                self.escrow_contract()
+                    .getChannel(id)
+                    .call()
+                    .await
+                    .map_err(|e| classify_contract(OPERATION, e))
+            })
+            .await?;
+        Ok(on_chain_channel(&channel))
     }
 
-    fn channels(
-        &self,
-        ids: &[B256],
-    ) -> impl Future<Output = Result<Vec<OnChainChannel>, ChainError>> + Send {
-        let ids = ids.to_vec();
-        async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(self.config.batch_size.max(1)) {
-                out.extend(self.read_batch(chunk).await?);
-            }
-            Ok(out)
+    async fn channels(&self, ids: &[B256]) -> Result<Vec<OnChainChannel>, ChainError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(self.config.batch_size.max(1)) {
+            out.extend(self.read_batch(chunk).await?);
         }
+        Ok(out)
     }
 
-    fn submit_raw(&self, raw: Bytes) -> impl Future<Output = Result<TxOutcome, ChainError>> + Send {
-        async move {
-            let tx = RawTransaction::decode(&raw)?;
-            if let Some(chain_id) = tx.chain_id
-                && chain_id != self.config.chain_id
-            {
-                return Err(ChainError::new(
-                    ChainErrorKind::InvalidTransaction,
-                    "eth_sendRawTransaction",
-                    format!(
-                        "transaction {} is signed for chain {chain_id}, not {}",
-                        tx.hash, self.config.chain_id
-                    ),
-                ));
-            }
-            self.broadcast(&tx, &raw).await?;
-            self.await_receipt(tx.hash).await
+    async fn submit_raw(&self, raw: Bytes) -> Result<TxOutcome, ChainError> {
+        let tx = RawTransaction::decode(&raw)?;
+        if let Some(chain_id) = tx.chain_id
+            && chain_id != self.config.chain_id
+        {
+            return Err(ChainError::new(
+                ChainErrorKind::InvalidTransaction,
+                "eth_sendRawTransaction",
+                format!(
+                    "transaction {} is signed for chain {chain_id}, not {}",
+                    tx.hash, self.config.chain_id
+                ),
+            ));
         }
+        self.broadcast(&tx, &raw).await?;
+        self.await_receipt(tx.hash).await
     }
 }
 
