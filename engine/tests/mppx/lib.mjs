@@ -8,6 +8,7 @@
 //
 // Environment: SLUICE_TOOLS_NODE_MODULES overrides the node_modules directory.
 
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -203,4 +204,75 @@ export function decodeReceipt(header) {
 /** JSON.stringify with bigints as decimal strings. */
 export function toJson(value) {
   return JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
+// ---- a local chain for the self-check and the probe rehearsal --------------------------------
+
+/** anvil's well-known dev keys #0, #1, #2 (public test keys; anvil funds them with ETH). */
+export const ANVIL_KEYS = [
+  '0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80',
+  '0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d',
+  '0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a',
+];
+
+/** Starts the pinned anvil on a free loopback port; resolves to `{ url, stop }`. */
+export async function startAnvil(chainId, timeoutMs) {
+  const bin = join(toolsNodeModules, '.bin', 'anvil');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`make tools\` first`);
+  const child = spawn(bin, ['--port', '0', '--chain-id', String(chainId)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await withTimeout(
+    new Promise((resolve, reject) => {
+      let seen = '';
+      child.stdout.on('data', (chunk) => {
+        seen += chunk.toString();
+        const match = /Listening on ([\d.]+:\d+)/.exec(seen);
+        if (match) resolve(`http://${match[1]}`);
+      });
+      child.on('exit', (code) => reject(new Error(`anvil exited with ${code}`)));
+      child.on('error', reject);
+    }),
+    timeoutMs,
+    'anvil to start',
+  ).catch((error) => {
+    child.kill();
+    throw error;
+  });
+  child.stdout.resume();
+  return { url, stop: () => child.kill() };
+}
+
+/** A committed contract artifact `{ abi, bytecode, deployedBytecode }` from contracts/artifacts. */
+export function artifact(name) {
+  return JSON.parse(readFileSync(join(repoRoot, 'contracts', 'artifacts', `${name}.json`), 'utf8'));
+}
+
+/** Deploys a committed artifact and waits for it; returns the checksummed address. */
+export async function deployArtifact({ publicClient, walletClient, account, name, args, timeoutMs }) {
+  const { abi, bytecode } = artifact(name);
+  const hash = await walletClient.deployContract({ abi, bytecode, args, account });
+  const receipt = await publicClient.waitForTransactionReceipt({ hash, timeout: timeoutMs });
+  if (receipt.status !== 'success' || !receipt.contractAddress) throw new Error(`${name} deployment failed: ${hash}`);
+  return viem.getAddress(receipt.contractAddress);
+}
+
+/**
+ * Deploys a 6-decimal TestToken and a SluiceEscrow in the mppx v1 profile ("Tempo Stream
+ * Channel", "1", 15 min grace) from `deployer`, and mints `mint` tokens to each of `holders`.
+ * Returns `{ token, escrow }`.
+ */
+export async function deployLocal({ publicClient, walletClient, deployer, holders, mint, timeoutMs }) {
+  const common = { publicClient, walletClient, account: deployer, timeoutMs };
+  const token = await deployArtifact({ ...common, name: 'TestToken', args: ['Test USD', 'TUSD', 6] });
+  const escrow = await deployArtifact({ ...common, name: 'SluiceEscrow', args: ['Tempo Stream Channel', '1', 900n] });
+  for (const holder of holders) {
+    const hash = await walletClient.writeContract({
+      account: deployer,
+      address: token,
+      abi: artifact('TestToken').abi,
+      functionName: 'mint',
+      args: [holder, mint],
+    });
+    await publicClient.waitForTransactionReceipt({ hash, timeout: timeoutMs });
+  }
+  return { token, escrow };
 }

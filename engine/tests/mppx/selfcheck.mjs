@@ -19,14 +19,16 @@
 //   RPC_URL, CHAIN_ID, ESCROW, TOKEN   the chain and our deployed contracts
 //   PAYER_KEY                          payer private key (hex); must hold ETH and >= 3 * DEPOSIT tokens
 //   PAYEE_KEY                          payee private key (hex); must hold ETH
-//   DEPOSIT (default 1000000), CAST (default tools/node_modules/.bin/cast)
+//   DEPOSIT (default 1000000), SALT (default keccak256("selfcheck-open")),
+//   CAST (default tools/node_modules/.bin/cast)
 // On success it prints one JSON line with what it checked; on failure it exits 1 with a message.
 // Every wait is bounded (TIMEOUT_MS per chain wait, default 20000).
 
-import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import {
+  ANVIL_KEYS,
+  artifact,
   channelIdOf,
   decodeCredential,
   env,
@@ -39,10 +41,11 @@ import {
   localChain,
   log,
   mppxEscrowAbi,
-  repoRoot,
+  deployLocal,
   sendApprove,
   signOpen,
   signTopUp,
+  startAnvil,
   toJson,
   toolsNodeModules,
   viem,
@@ -54,9 +57,6 @@ const TIMEOUT_MS = envCount('TIMEOUT_MS', 20000);
 const DEPOSIT = envAmount('DEPOSIT', 1_000_000);
 const CAST = envOr('CAST', join(toolsNodeModules, '.bin', 'cast'));
 const ZERO = '0x0000000000000000000000000000000000000000';
-// anvil's well-known dev keys #1 (payer) and #2 (payee), used only when we start anvil ourselves.
-const ANVIL_KEY_1 = '0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d';
-const ANVIL_KEY_2 = '0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a';
 
 const { SessionLegacy } = await importTool('mppx/tempo');
 const { Challenge } = await importTool('mppx');
@@ -67,40 +67,6 @@ function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
 }
 
-/** Starts anvil on a free port; resolves to { url, stop }. */
-async function startAnvil(chainId) {
-  const bin = join(toolsNodeModules, '.bin', 'anvil');
-  const child = spawn(bin, ['--port', '0', '--chain-id', String(chainId)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await withTimeout(
-    new Promise((resolve, reject) => {
-      let seen = '';
-      child.stdout.on('data', (chunk) => {
-        seen += chunk.toString();
-        const match = /Listening on ([\d.]+:\d+)/.exec(seen);
-        if (match) resolve(`http://${match[1]}`);
-      });
-      child.on('exit', (code) => reject(new Error(`anvil exited with ${code}`)));
-      child.on('error', reject);
-    }),
-    TIMEOUT_MS,
-    'anvil to start',
-  );
-  child.stdout.resume();
-  return { url, stop: () => child.kill() };
-}
-
-function artifact(name) {
-  return JSON.parse(readFileSync(join(repoRoot, 'contracts', 'artifacts', `${name}.json`), 'utf8'));
-}
-
-async function deploy(publicClient, walletClient, account, name, args) {
-  const { abi, bytecode } = artifact(name);
-  const hash = await walletClient.deployContract({ abi, bytecode, args, account });
-  const receipt = await publicClient.waitForTransactionReceipt({ hash, timeout: TIMEOUT_MS });
-  check(receipt.status === 'success' && receipt.contractAddress, `${name} deployed`);
-  return viem.getAddress(receipt.contractAddress);
-}
-
 function cast(args) {
   return execFileSync(CAST, args, { encoding: 'utf8', timeout: TIMEOUT_MS, stdio: ['ignore', 'pipe', 'pipe'] });
 }
@@ -108,7 +74,7 @@ function cast(args) {
 async function main() {
   const ownChain = !process.env.RPC_URL;
   const chainId = envCount('CHAIN_ID', 31337);
-  const anvil = ownChain ? await startAnvil(chainId) : undefined;
+  const anvil = ownChain ? await startAnvil(chainId, TIMEOUT_MS) : undefined;
   try {
     return await run(anvil?.url ?? env('RPC_URL'), chainId, ownChain);
   } finally {
@@ -120,8 +86,8 @@ async function run(rpcUrl, chainId, ownChain) {
   const chain = localChain(chainId, rpcUrl);
   const transport = viem.http(rpcUrl, { timeout: TIMEOUT_MS, retryCount: 0 });
   const publicClient = viem.createPublicClient({ chain, transport });
-  const payer = viemAccounts.privateKeyToAccount(ownChain ? ANVIL_KEY_1 : env('PAYER_KEY'));
-  const payeeKey = ownChain ? ANVIL_KEY_2 : env('PAYEE_KEY');
+  const payer = viemAccounts.privateKeyToAccount(ownChain ? ANVIL_KEYS[1] : env('PAYER_KEY'));
+  const payeeKey = ownChain ? ANVIL_KEYS[2] : env('PAYEE_KEY');
   const payee = viemAccounts.privateKeyToAccount(payeeKey);
   const payerWallet = viem.createWalletClient({ chain, transport, account: payer });
   const escrowAbi = await mppxEscrowAbi();
@@ -131,15 +97,14 @@ async function run(rpcUrl, chainId, ownChain) {
   let token;
   if (ownChain) {
     const payeeWallet = viem.createWalletClient({ chain, transport, account: payee });
-    token = await deploy(publicClient, payeeWallet, payee, 'TestToken', ['Test USD', 'TUSD', 6]);
-    escrow = await deploy(publicClient, payeeWallet, payee, 'SluiceEscrow', ['Tempo Stream Channel', '1', 900n]);
-    const hash = await payerWallet.writeContract({
-      address: token,
-      abi: artifact('TestToken').abi,
-      functionName: 'mint',
-      args: [payer.address, 3n * DEPOSIT],
-    });
-    await publicClient.waitForTransactionReceipt({ hash, timeout: TIMEOUT_MS });
+    ({ token, escrow } = await deployLocal({
+      publicClient,
+      walletClient: payeeWallet,
+      deployer: payee,
+      holders: [payer.address],
+      mint: 3n * DEPOSIT,
+      timeoutMs: TIMEOUT_MS,
+    }));
     log(`started anvil at ${rpcUrl}; escrow ${escrow}, token ${token}`);
   } else {
     escrow = viem.getAddress(env('ESCROW'));
@@ -172,7 +137,7 @@ async function run(rpcUrl, chainId, ownChain) {
   log(`channel ids: mppx == escrow == viem for ${idCases.length} cases`);
 
   // 2. approve (sent) + open (signed only), then broadcast the open as a server would.
-  const salt = viem.keccak256(viem.toHex(`selfcheck-open-${Date.now()}`));
+  const salt = envOr('SALT', viem.keccak256(viem.toHex('selfcheck-open')));
   await sendApprove({ publicClient, walletClient: payerWallet, account: payer, token, spender: escrow, amount: DEPOSIT, timeoutMs: TIMEOUT_MS });
   const open = await signOpen({
     walletClient: payerWallet,
@@ -202,6 +167,7 @@ async function run(rpcUrl, chainId, ownChain) {
   check(onChain.deposit === DEPOSIT && onChain.settled === 0n && !onChain.finalized, 'channel open with the deposit');
   check(onChain.payer === payer.address && onChain.authorizedSigner === ZERO, 'payer recorded, signer unset');
   summary.openTx = openHash;
+  summary.salt = salt;
   summary.channelId = channelId;
   log(`open: EIP-1559 tx ${openHash} accepted by anvil, channel ${channelId}`);
 
@@ -300,6 +266,9 @@ async function run(rpcUrl, chainId, ownChain) {
   check(payeeGot === closeAmount - settleAmount, `payee got ${payeeGot} == close - settled`);
   check(payerGot === DEPOSIT + topUpAmount - closeAmount, `payer refunded ${payerGot} == deposit - close`);
   summary.closeAmount = closeAmount;
+  summary.closeSignature = closeSig;
+  summary.topUp = topUpAmount;
+  summary.deposit = DEPOSIT;
   summary.payeeTotal = settleAmount + payeeGot;
   summary.payerRefund = payerGot;
   log(`close: mppx voucher for ${closeAmount} closed the channel; payee +${payeeGot}, payer refund ${payerGot}`);
