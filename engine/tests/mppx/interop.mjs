@@ -39,7 +39,7 @@
 //   MIN_NEED_VOUCHER default 3       fewest mid-stream need-voucher events accepted
 //   AFTER_TOPUP_REQUESTS default 1   paid requests after the top-up
 //   MAX_DEPOSIT     default DEPOSIT + TOPUP   the manager's local cap on any voucher
-//   SALT            default random   bytes32 hex salt of the channel
+//   SALT            default keccak256("sluice-mppx-interop")   bytes32 hex salt of the channel
 //   TIMEOUT_MS      default 20000    bound on each HTTP exchange and chain wait
 //   TOTAL_TIMEOUT_MS default 180000  bound on the whole run
 //   RECEIPTS_KEPT   default 5        how many of the last receipts to print
@@ -98,7 +98,7 @@ const config = {
   receiptsKept: envCount('RECEIPTS_KEPT', 5),
 };
 config.maxDeposit = envAmount('MAX_DEPOSIT', config.deposit + config.topUp);
-config.salt = envOr('SALT', viem.toHex(crypto.getRandomValues(new Uint8Array(32))));
+config.salt = envOr('SALT', viem.keccak256(viem.toHex('sluice-mppx-interop')));
 if (!/^0x[0-9a-fA-F]{64}$/.test(config.salt)) fail('SALT must be 0x + 64 hex digits');
 if (config.deposit === 0n || config.topUp === 0n) fail('DEPOSIT and TOPUP must be positive');
 
@@ -135,8 +135,14 @@ function tapEventStream(response, exchange) {
     if (!block.trim()) return;
     const { event, data } = parseSseBlock(block);
     exchange.events[event] = (exchange.events[event] ?? 0) + 1;
-    if (event === 'payment-need-voucher') needVoucherEvents.push(JSON.parse(data));
-    if (event === 'payment-receipt') receipts.push({ source: 'sse', ...JSON.parse(data) });
+    let parsed;
+    try {
+      parsed = JSON.parse(data);
+    } catch {
+      parsed = { unparsable: data };
+    }
+    if (event === 'payment-need-voucher') needVoucherEvents.push(parsed);
+    if (event === 'payment-receipt') receipts.push({ source: 'sse', ...parsed });
   };
   const tap = new TransformStream({
     transform(chunk, controller) {
@@ -187,8 +193,13 @@ async function tracingFetch(input, init = {}) {
   const receiptHeader = response.headers.get('payment-receipt');
   if (receiptHeader) receipts.push({ source: `${method} ${exchange.url} ${response.status}`, ...decodeReceipt(receiptHeader) });
   if (response.status === 402) {
-    const challenge = Challenge.fromResponseList(response.clone())[0];
-    exchange.challengeChannelId = challenge?.request?.methodDetails?.channelId;
+    try {
+      const challenge = Challenge.fromResponseList(response.clone())[0];
+      exchange.challengeAmount = challenge?.request?.amount;
+      exchange.challengeChannelId = challenge?.request?.methodDetails?.channelId;
+    } catch (error) {
+      exchange.challengeError = error.message;
+    }
   }
   const type = response.headers.get('content-type') ?? '';
   if (response.ok && response.body && type.toLowerCase().startsWith('text/event-stream')) return tapEventStream(response, exchange);
@@ -229,8 +240,14 @@ async function postCredential(what, credential) {
   return { status: response.status, receipt: header ? decodeReceipt(header) : undefined };
 }
 
+/** Waits for a transaction the SERVER was handed to broadcast. */
 async function waitMined(publicClient, hash, what) {
-  const receipt = await publicClient.waitForTransactionReceipt({ hash, timeout: config.timeoutMs });
+  let receipt;
+  try {
+    receipt = await publicClient.waitForTransactionReceipt({ hash, timeout: config.timeoutMs });
+  } catch (error) {
+    fail(`the server answered the ${what} credential but its transaction ${hash} was not mined within ${config.timeoutMs} ms: ${error.message}`);
+  }
   if (receipt.status !== 'success') fail(`${what} transaction ${hash} reverted`);
   return receipt;
 }
@@ -389,7 +406,6 @@ async function main() {
   for (const v of signedVouchers) byAction[v.action] = (byAction[v.action] ?? 0) + 1;
   const statuses = {};
   for (const e of exchanges) statuses[e.status] = (statuses[e.status] ?? 0) + 1;
-  const paidPrice = price;
   const streamChallenge = exchanges.find((e) => e.url.startsWith(config.streamPath) && e.status === 402);
   return {
     ok: true,
@@ -402,12 +418,12 @@ async function main() {
     deposit: config.deposit,
     topUp: config.topUp,
     depositAfterTopUp: afterTopUp.deposit,
-    paidPrice,
+    paidPrice: price,
+    streamPrice: streamChallenge?.challengeAmount,
     requests: config.requests + config.afterTopUpRequests,
     requestsBeforeTopUp: config.requests,
     requestsAfterTopUp: config.afterTopUpRequests,
     streamTokens: streamed.length,
-    streamSawChallenge: Boolean(streamChallenge),
     needVoucherEvents: needVoucherEvents.length,
     needVoucher: needVoucherEvents,
     voucherPosts,
