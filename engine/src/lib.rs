@@ -4,4 +4,5 @@
 pub mod chain;
 pub mod feed;
 pub mod protocol;
+pub mod session;
 pub mod store;
