@@ -2,7 +2,13 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+mod facade;
 pub mod feed;
 pub mod protocol;
 pub mod session;
 pub mod store;
+
+pub use facade::{
+    Action, Authorized, DEFAULT_CHAIN_STATE_TTL, DEFAULT_CHALLENGE_TTL,
+    DEFAULT_SIGNER_CACHE_CAPACITY, Engine, EngineConfig, EngineError, Route, RoutePrice,
+};

@@ -106,9 +106,10 @@ fn finalized(record: &ChannelRecord) -> SessionError {
     }
 }
 
-/// The channel must be open in the engine and alive on chain (closing on chain is allowed
-/// only where `allow_close_request` says so).
-fn require_open(record: &ChannelRecord, allow_close_request: bool) -> Result<(), SessionError> {
+/// Whether a channel takes actions: open in the engine (not `Opening`, `Closing` or `Closed`),
+/// not finalized on chain, and, unless `allow_close_request`, without a pending close request.
+/// The transitions run this themselves; the facade also runs it before broadcasting a top-up.
+pub fn require_open(record: &ChannelRecord, allow_close_request: bool) -> Result<(), SessionError> {
     if record.finalized
         || matches!(
             record.status,

@@ -34,6 +34,6 @@ pub use facts::{apply_chain_facts, needs_refresh};
 pub use machine::{
     OpenInput, SignatureCheck, TopUpInput, Transition, VoucherClaim, VoucherOutcome, charge,
     check_top_up_sender, on_close, on_open, on_top_up, on_voucher, precheck_close,
-    precheck_voucher,
+    precheck_voucher, require_open,
 };
 pub use tx::{DecodedOpen, DecodedTopUp, EscrowTerms, decode_open_tx, decode_top_up_tx};

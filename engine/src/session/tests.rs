@@ -545,8 +545,10 @@ fn open_refuses_what_the_escrow_does_not_confirm() {
         input(&OnChainChannel::default()),
         Err(SessionError::ChannelNotFound { channel })
     );
-    let mut finalized = OnChainChannel::default();
-    finalized.finalized = true;
+    let finalized = OnChainChannel {
+        finalized: true,
+        ..OnChainChannel::default()
+    };
     assert!(matches!(
         input(&finalized),
         Err(SessionError::ChannelFinalized {
@@ -936,8 +938,10 @@ fn top_ups_must_grow_the_deposit() {
         on_top_up(None, &input(&top_up, &after, 1_000)),
         Err(SessionError::ChannelNotFound { channel: id })
     );
-    let mut finalized = OnChainChannel::default();
-    finalized.finalized = true;
+    let finalized = OnChainChannel {
+        finalized: true,
+        ..OnChainChannel::default()
+    };
     assert!(matches!(
         on_top_up(Some(&r), &input(&top_up, &finalized, 1_000)),
         Err(SessionError::ChannelFinalized { .. })
@@ -1089,8 +1093,10 @@ fn chain_facts_merge_monotonically() {
     let cleared = apply_chain_facts(&merged, &chain_facts(1_000), NOW + 2).expect("merge");
     assert_eq!(cleared.close_requested_at, 0);
     // Finalized is sticky and keeps the cached amounts (the escrow's record is a tombstone).
-    let mut tombstone = OnChainChannel::default();
-    tombstone.finalized = true;
+    let tombstone = OnChainChannel {
+        finalized: true,
+        ..OnChainChannel::default()
+    };
     let closed = apply_chain_facts(&r, &tombstone, NOW + 3).expect("merge");
     assert!(closed.finalized);
     assert_eq!(closed.status, ChannelStatus::Closed);
