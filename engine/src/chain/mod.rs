@@ -8,10 +8,25 @@
 //!
 //! [`ChainClient`] is the seam between the engine facade and the network, so the facade can be
 //! driven against a real anvil chain in tests and against a fault-injecting proxy.
+//!
+//! - [`RpcChain`] implements it over JSON-RPC (alloy, HTTP), with bounded retries for reads and
+//!   idempotent broadcasts.
+//! - [`RawTransaction`] decodes a payer-signed transaction (hash, signer, target, calldata)
+//!   without touching the network, so the facade can check an `open`/`topUp` before broadcasting.
+//! - [`needs_refresh`] and [`apply_chain_facts`] are the pure cache policy for the chain facts the
+//!   store keeps in each [`ChannelRecord`](crate::store::ChannelRecord).
+
+mod cache;
+mod raw_tx;
+mod rpc;
 
 use std::future::Future;
 
 use alloy_primitives::{Address, B256, Bytes};
+
+pub use cache::{ChainFactsError, DEFAULT_CHAIN_FACTS_TTL, apply_chain_facts, needs_refresh};
+pub use raw_tx::RawTransaction;
+pub use rpc::{RpcChain, RpcChainConfig, RpcUrl};
 
 /// A channel as the escrow's `getChannel` returns it (same fields, same order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,8 +78,21 @@ pub enum ChainErrorKind {
     Decode,
     /// The transaction was not mined within the configured wait.
     Timeout,
-    /// The raw transaction bytes are not a valid signed transaction.
+    /// The raw transaction bytes are not a valid signed transaction (or are signed for another
+    /// chain).
     InvalidTransaction,
+    /// The node serves another chain than the one configured (checked at connect).
+    WrongChain {
+        /// The configured chain id.
+        expected: u64,
+        /// The node's `eth_chainId`.
+        actual: u64,
+    },
+    /// No contract code at the configured escrow address (checked at connect).
+    EscrowMissing {
+        /// The configured escrow address.
+        escrow: Address,
+    },
 }
 
 /// An error from the chain client.
@@ -80,6 +108,15 @@ pub struct ChainError {
 }
 
 impl ChainError {
+    /// An error of `kind` raised during `operation`.
+    pub fn new(kind: ChainErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            operation,
+            message: message.into(),
+        }
+    }
+
     /// Whether the same call may succeed if repeated.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -1,0 +1,12 @@
+//! Test support shared by the engine's integration tests: a real anvil chain with the escrow
+//! and a token deployed, payers that sign their own raw transactions, and a fault-injecting
+//! JSON-RPC proxy.
+//!
+//! Use it from a test file with `mod support;`. Each test binary compiles its own copy and uses
+//! part of it, hence the `dead_code` allowance; the items are `pub` so that test files read
+//! like users of an API.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod anvil;
+pub mod flaky_proxy;
