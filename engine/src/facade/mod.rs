@@ -10,6 +10,7 @@
 
 mod config;
 mod error;
+mod idempotency;
 mod signer_cache;
 
 use std::collections::HashMap;
@@ -25,6 +26,10 @@ pub use config::{
     Route, RoutePrice,
 };
 pub use error::EngineError;
+pub use idempotency::{
+    DEFAULT_IDEMPOTENCY_RETENTION, IdempotencyKey, IdempotentOutcome, IdempotentRequest,
+    MAX_IDEMPOTENCY_KEY_LEN, RecordedOutcome,
+};
 use signer_cache::SignerCache;
 
 use crate::chain::{ChainClient, OnChainChannel};
@@ -36,7 +41,13 @@ use crate::session::{
     self, DecodedOpen, EscrowTerms, OpenInput, SessionError, SignatureCheck, TopUpInput,
     Transition, VoucherClaim, VoucherOutcome,
 };
-use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore};
+use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore, Current};
+
+/// A charging step's result, or the replay of a recorded outcome.
+enum Replayable<T> {
+    Done(T),
+    Replayed(RecordedOutcome),
+}
 
 /// Which session action a credential carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,22 +140,84 @@ fn receipt_for(
 /// the update's value.
 type Charged = Result<Option<VoucherOutcome>, SessionError>;
 
+/// What a charging update decided: a charge (or its refusal), or the replay of an outcome
+/// recorded under the request's idempotency key.
+enum Step {
+    Charged(Charged),
+    Replayed(RecordedOutcome),
+}
+
+/// Records a charged request's outcome under its idempotency key, in the charge's update.
+struct Recording<'a> {
+    request: &'a IdempotentRequest,
+    store_key: Vec<u8>,
+    challenge_id: &'a str,
+    now: Timestamp,
+    tx_hash: Option<B256>,
+}
+
+impl Recording<'_> {
+    /// The replay of an outcome already recorded under the key, if there is one.
+    fn replay(
+        &self,
+        channel: &ChannelId,
+        current: &Current<'_>,
+    ) -> Result<Option<Step>, EngineError> {
+        match current.aux {
+            Some(entry) => Ok(Some(Step::Replayed(self.request.replay(channel, entry)?))),
+            None => Ok(None),
+        }
+    }
+}
+
 fn then_charge(
     transition: Transition,
     channel: &ChannelId,
     amount: u128,
     units: u64,
     now_ms: u64,
-) -> Result<Change<Charged>, EngineError> {
+    recording: Option<&Recording<'_>>,
+) -> Result<Change<Step>, EngineError> {
     match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
-        Ok(charged) if transition.write || charged.write => {
-            Ok(Change::write(charged.record, Ok(transition.voucher)))
+        Ok(charged) => {
+            let value = Step::Charged(Ok(transition.voucher));
+            let change = if transition.write || charged.write {
+                Change::write(charged.record, value)
+            } else {
+                Change::keep(value)
+            };
+            match recording {
+                // Only a charge is recorded: a free request has nothing to protect.
+                Some(recording) if units > 0 => {
+                    let receipt = receipt_for(
+                        &charged.record,
+                        recording.challenge_id,
+                        recording.now,
+                        recording.tx_hash,
+                    )?;
+                    Ok(change.with_aux(
+                        recording.store_key.clone(),
+                        recording.request.entry(&receipt),
+                    ))
+                }
+                _ => Ok(change),
+            }
         }
-        Ok(_) => Ok(Change::keep(Ok(transition.voucher))),
-        Err(refused @ SessionError::InsufficientBalance { .. }) if transition.write => {
-            Ok(Change::write(transition.record, Err(refused)))
-        }
+        Err(refused @ SessionError::InsufficientBalance { .. }) if transition.write => Ok(
+            Change::write(transition.record, Step::Charged(Err(refused))),
+        ),
         Err(refused) => Err(refused.into()),
+    }
+}
+
+fn charged(committed: Step) -> Result<Option<VoucherOutcome>, EngineError> {
+    match committed {
+        Step::Charged(charged) => Ok(charged?),
+        // Unreachable without a key; treated as an internal inconsistency if it ever happens.
+        Step::Replayed(_) => Err(EngineError::InvalidConfig {
+            field: "idempotency",
+            reason: "a replay without an idempotency key".into(),
+        }),
     }
 }
 
@@ -273,6 +346,55 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         units: u64,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
+        match self
+            .authorize_recorded(route, authorization, units, now, None)
+            .await?
+        {
+            IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
+            IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
+                field: "idempotency",
+                reason: "a replay without an idempotency key".into(),
+            }),
+        }
+    }
+
+    /// [`authorize_and_charge`](Self::authorize_and_charge) with a request-level idempotency
+    /// key: the first request's outcome (status and receipt) is recorded in the **same store
+    /// update** as its charge; a later request with the same key on the same channel charges
+    /// nothing and gets [`IdempotentOutcome::Replayed`] with the recorded outcome. The same key
+    /// for a different request (another fingerprint) is refused with
+    /// [`EngineError::IdempotencyKeyReused`].
+    ///
+    /// The credential is verified in full either way. Only charged content requests record an
+    /// outcome (`topUp`, `close` and zero-unit requests are never charged, so never recorded).
+    /// Recorded outcomes stay until [`prune_idempotency`](Self::prune_idempotency) removes them
+    /// after `request.expires_at_ms`.
+    pub async fn authorize_and_charge_idempotent(
+        &self,
+        route: &Route,
+        authorization: &str,
+        units: u64,
+        now: Timestamp,
+        request: &IdempotentRequest,
+    ) -> Result<IdempotentOutcome, EngineError> {
+        self.authorize_recorded(route, authorization, units, now, Some(request))
+            .await
+    }
+
+    /// Removes recorded idempotency outcomes whose retention ended before `now`; returns how
+    /// many were removed. Run it periodically (the example provider runs it hourly).
+    pub fn prune_idempotency(&self, now: Timestamp) -> Result<usize, EngineError> {
+        Ok(self.store.prune_aux(unix_ms(now))?)
+    }
+
+    async fn authorize_recorded(
+        &self,
+        route: &Route,
+        authorization: &str,
+        units: u64,
+        now: Timestamp,
+        idempotent: Option<&IdempotentRequest>,
+    ) -> Result<IdempotentOutcome, EngineError> {
         let credential = parse_authorization(authorization)?;
         route
             .session
@@ -282,7 +404,15 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let (action, channel_id, voucher, tx_hash, units_charged, record) =
             match &credential.payload {
                 SessionPayload::Open(open) => {
-                    let (outcome, tx, record) = self.open(route, open, units, now).await?;
+                    let recorded = self
+                        .open(route, open, units, now, idempotent, &challenge_id)
+                        .await?;
+                    let (outcome, tx, record) = match recorded {
+                        Replayable::Done(done) => done,
+                        Replayable::Replayed(outcome) => {
+                            return Ok(IdempotentOutcome::Replayed(outcome));
+                        }
+                    };
                     (
                         Action::Open,
                         open.channel_id,
@@ -293,7 +423,15 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                     )
                 }
                 SessionPayload::Voucher(payload) => {
-                    let (outcome, record) = self.voucher(route, payload, units, now).await?;
+                    let recorded = self
+                        .voucher(route, payload, units, now, idempotent, &challenge_id)
+                        .await?;
+                    let (outcome, record) = match recorded {
+                        Replayable::Done(done) => done,
+                        Replayable::Replayed(outcome) => {
+                            return Ok(IdempotentOutcome::Replayed(outcome));
+                        }
+                    };
                     (
                         Action::Voucher,
                         payload.channel_id,
@@ -320,7 +458,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                 }
             };
         let receipt = receipt_for(&record, &challenge_id, now, tx_hash)?;
-        Ok(Authorized {
+        Ok(IdempotentOutcome::Fresh(Box::new(Authorized {
             action,
             channel_id,
             challenge_id,
@@ -329,7 +467,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             units_charged,
             record,
             receipt,
-        })
+        })))
     }
 
     /// Charges `units` of `route`'s price on `channel` against its accepted vouchers (charge
@@ -517,7 +655,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &VoucherPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(VoucherOutcome, ChannelRecord), EngineError> {
+        idempotent: Option<&IdempotentRequest>,
+        challenge_id: &str,
+    ) -> Result<Replayable<(VoucherOutcome, ChannelRecord)>, EngineError> {
         let channel = payload.channel_id;
         let now_ms = unix_ms(now);
         let signature = Self::parse_signature(&channel, &payload.signature)?;
@@ -540,19 +680,39 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             }
         }
         let amount = route.price.amount;
+        let recording = idempotent.map(|request| Recording {
+            store_key: request.store_key(&channel),
+            request,
+            challenge_id,
+            now,
+            tx_hash: None,
+        });
+        let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .update_pending(&channel, |current| {
-                let t = session::on_voucher(current, &channel, &claim, &policy, facts, now_ms)?;
-                then_charge(t, &channel, amount, units, now_ms)
+            .apply(&channel, aux_key, |current| {
+                if let Some(recording) = &recording
+                    && let Some(replay) = recording.replay(&channel, &current)?
+                {
+                    return Ok(Change::keep(replay));
+                }
+                let t =
+                    session::on_voucher(current.record, &channel, &claim, &policy, facts, now_ms)?;
+                then_charge(t, &channel, amount, units, now_ms, recording.as_ref())
             })?
             .durable()
             .await?;
-        let outcome = committed.value?;
+        if let Step::Replayed(outcome) = committed.value {
+            return Ok(Replayable::Replayed(outcome));
+        }
+        let outcome = charged(committed.value)?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok((outcome.unwrap_or(VoucherOutcome::Retry), record))
+        Ok(Replayable::Done((
+            outcome.unwrap_or(VoucherOutcome::Retry),
+            record,
+        )))
     }
 
     async fn open(
@@ -561,7 +721,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &OpenPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(VoucherOutcome, B256, ChannelRecord), EngineError> {
+        idempotent: Option<&IdempotentRequest>,
+        challenge_id: &str,
+    ) -> Result<Replayable<(VoucherOutcome, B256, ChannelRecord)>, EngineError> {
         let channel = payload.channel_id;
         // Everything offline first: a credential that fails here is never broadcast.
         let open: DecodedOpen =
@@ -598,11 +760,24 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let now_ms = unix_ms(now);
         let (facts, read_at) = self.read_chain(&channel, now_ms).await?;
         let amount = route.price.amount;
+        let recording = idempotent.map(|request| Recording {
+            store_key: request.store_key(&channel),
+            request,
+            challenge_id,
+            now,
+            tx_hash: Some(mined.tx_hash),
+        });
+        let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .update_pending(&channel, |current| {
+            .apply(&channel, aux_key, |current| {
+                if let Some(recording) = &recording
+                    && let Some(replay) = recording.replay(&channel, &current)?
+                {
+                    return Ok(Change::keep(replay));
+                }
                 let t = session::on_open(
-                    current,
+                    current.record,
                     &OpenInput {
                         open: &open,
                         chain: &facts,
@@ -611,21 +786,24 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                         now_ms,
                     },
                 )?;
-                then_charge(t, &channel, amount, units, now_ms)
+                then_charge(t, &channel, amount, units, now_ms, recording.as_ref())
             })?
             .durable()
             .await?;
         // The channel is open (and stored) whatever the charge below says.
         self.index_payer(open.payer, channel);
-        let outcome = committed.value?;
+        if let Step::Replayed(outcome) = committed.value {
+            return Ok(Replayable::Replayed(outcome));
+        }
+        let outcome = charged(committed.value)?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok((
+        Ok(Replayable::Done((
             outcome.unwrap_or(VoucherOutcome::Retry),
             mined.tx_hash,
             record,
-        ))
+        )))
     }
 
     async fn top_up(
