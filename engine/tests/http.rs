@@ -580,19 +580,14 @@ async fn sse_stream_pauses_for_vouchers_posted_mid_stream_and_ends_with_a_receip
                 .unwrap()
                 .parse()
                 .unwrap();
-            let challenge = provider.challenge("/stream").await;
+            // mppx POSTs to the stream's URL, query included, reusing the stream's challenge;
+            // here 2 extra ticks per voucher, capped at the stream's total.
+            let cumulative = (required + 2 * TOKEN_PRICE).min(TOKENS * TOKEN_PRICE);
             let post = reqwest::Client::new()
-                .post(
-                    provider
-                        .url(&format!("/stream?tokens={TOKENS}"))
-                        .replace("?tokens=10", ""),
-                )
+                .post(provider.url(&format!("/stream?tokens={TOKENS}")))
                 .header(
                     "authorization",
-                    payer.voucher_credential(
-                        challenge,
-                        (required + 2 * TOKEN_PRICE).min(TOKENS * TOKEN_PRICE),
-                    ),
+                    payer.voucher_credential(challenge.clone(), cumulative),
                 )
                 .header("accept", "text/event-stream")
                 .send()

@@ -96,6 +96,7 @@ pub struct Engine<S, C> {
     chain: C,
     signers: SignerCache,
     payers: RwLock<HashMap<Address, ChannelId>>,
+    latest_opened: RwLock<Option<ChannelId>>,
 }
 
 impl<S, C> std::fmt::Debug for Engine<S, C> {
@@ -255,6 +256,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             domain: VoucherDomain::tempo_v1(config.chain_id, config.escrow),
             signers: SignerCache::new(config.signer_cache_capacity),
             payers: RwLock::new(HashMap::new()),
+            latest_opened: RwLock::new(None),
             config,
             store,
             chain,
@@ -313,13 +315,28 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
 
     /// Verifies a credential (`Authorization` header value) for `route` and runs its action
     /// without charging: the path for management requests (HEAD, empty POST, topUp, close).
+    ///
+    /// On this path a `voucher` or `close` credential is accepted on an **expired** challenge
+    /// (its HMAC and the route's pinned fields are still checked): the mppx v1 client reuses
+    /// the stream's challenge for mid-stream vouchers and its last challenge for the close.
+    /// Nothing is charged here and vouchers are cumulative, so replaying one gains nothing.
+    /// `open` and `topUp` still need a live challenge.
     pub async fn authorize(
         &self,
         route: &Route,
         authorization: &str,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
-        self.authorize_inner(route, authorization, 0, now).await
+        match self
+            .authorize_recorded(route, authorization, 0, now, None, true)
+            .await?
+        {
+            IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
+            IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
+                field: "idempotency",
+                reason: "a replay without an idempotency key".into(),
+            }),
+        }
     }
 
     /// Verifies a credential and charges `units` of the route's price in the same store update
@@ -347,7 +364,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
         match self
-            .authorize_recorded(route, authorization, units, now, None)
+            .authorize_recorded(route, authorization, units, now, None, false)
             .await?
         {
             IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
@@ -377,7 +394,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         now: Timestamp,
         request: &IdempotentRequest,
     ) -> Result<IdempotentOutcome, EngineError> {
-        self.authorize_recorded(route, authorization, units, now, Some(request))
+        self.authorize_recorded(route, authorization, units, now, Some(request), false)
             .await
     }
 
@@ -394,11 +411,23 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         units: u64,
         now: Timestamp,
         idempotent: Option<&IdempotentRequest>,
+        management: bool,
     ) -> Result<IdempotentOutcome, EngineError> {
         let credential = parse_authorization(authorization)?;
+        let replay_safe = management
+            && matches!(
+                credential.payload.get("action").and_then(|a| a.as_str()),
+                Some("voucher" | "close")
+            );
+        // A replay-safe credential is judged as of its challenge's expiry at the latest, so
+        // every check but the expiry still applies (a missing or malformed `expires` fails).
+        let verify_at = match credential.challenge.expires_at() {
+            Ok(expires) if replay_safe && expires < now => expires,
+            _ => now,
+        };
         route
             .session
-            .verify(&credential.challenge, &self.config.secret, now)?;
+            .verify(&credential.challenge, &self.config.secret, verify_at)?;
         let credential = credential.into_session()?;
         let challenge_id = credential.challenge.id().to_owned();
         let (action, channel_id, voucher, tx_hash, units_charged, record) =
@@ -597,6 +626,30 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(payer, channel);
+        *self
+            .latest_opened
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(channel);
+    }
+
+    /// The channel most recently opened through this engine, if it still takes vouchers.
+    ///
+    /// For single-payer deployments (demos, the mppx interop test): an unauthenticated request
+    /// says nothing about its payer, so the only channel a server can suggest to it is this one.
+    /// Never suggest it on a server shared by several payers (it names another payer's channel).
+    pub fn latest_opened_channel(&self) -> Result<Option<ChannelId>, EngineError> {
+        let latest = *self
+            .latest_opened
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(channel) = latest else {
+            return Ok(None);
+        };
+        let usable = self
+            .store
+            .get(&channel)?
+            .is_some_and(|record| session::require_open(&record, false).is_ok());
+        Ok(usable.then_some(channel))
     }
 
     /// Checks `signature` over (`channel`, `amount`) against `signer`, with the signer's cached

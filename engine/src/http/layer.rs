@@ -25,6 +25,11 @@ pub struct PaymentOptions {
     pub stream_voucher_wait: Duration,
     /// How long the outcome of a request with an `Idempotency-Key` is kept for replays.
     pub idempotency_retention: Duration,
+    /// Suggest the channel most recently opened through the engine in challenges that answer
+    /// requests without a credential. **Single-payer deployments only** (demos, interop tests):
+    /// such a request does not say who pays, so the suggestion may name another payer's channel.
+    /// Requests with a credential always get their own payer's channel suggested.
+    pub suggest_latest_channel: bool,
 }
 
 impl Default for PaymentOptions {
@@ -33,6 +38,7 @@ impl Default for PaymentOptions {
             units_per_request: 1,
             stream_voucher_wait: DEFAULT_STREAM_VOUCHER_WAIT,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            suggest_latest_channel: false,
         }
     }
 }

@@ -7,9 +7,10 @@
 //! 2. without a `Payment` credential, answers `402` with a fresh challenge
 //!    (`WWW-Authenticate`), a `payment-required` problem body and `Cache-Control: no-store`;
 //! 3. verifies the credential through the [`Engine`](crate::Engine);
-//! 4. for a **management** request (`HEAD`, or a `POST` with neither body nor query), and for
-//!    every `topUp` or `close` credential, answers `204` with the receipt; the handler is not
-//!    called;
+//! 4. for a **management** request (`HEAD`, or a `POST` without a body, query or not), and
+//!    for every `topUp` or `close` credential, answers `204` with the receipt; the handler is
+//!    not called and nothing is charged (a `voucher` or `close` credential may reuse an expired
+//!    challenge here, as the mppx client does);
 //! 5. otherwise charges the route's units **before** the handler runs (persisted before the
 //!    response is released), calls the handler with a [`Payment`] in the request extensions,
 //!    and adds `Payment-Receipt` and `Cache-Control: private` to its response;

@@ -122,14 +122,15 @@ where
     }
 }
 
-/// Management requests get a receipt and no content: `HEAD`, or a `POST` with neither a body
-/// nor a query (how clients send a voucher for a paused stream).
+/// Management requests get a receipt and no content: `HEAD`, or a `POST` without a body (how
+/// clients send a voucher for a paused stream, a top-up or a close).
+///
+/// mppx's server counts a `POST` with a query string as content; its own v1 client POSTs
+/// mid-stream vouchers to the stream's URL, query included, so here the body alone decides.
 fn is_management<B: HttpBody>(request: &Request<B>) -> bool {
     let method = request.method();
     *method == Method::HEAD
-        || (*method == Method::POST
-            && request.uri().query().is_none_or(str::is_empty)
-            && request.body().size_hint().exact() == Some(0))
+        || (*method == Method::POST && request.body().size_hint().exact() == Some(0))
 }
 
 /// The request's `Payment` credential: `Ok(None)` when no `Authorization` header uses the
@@ -196,7 +197,18 @@ impl<S: ChannelStore + 'static, C: ChainClient> Gate<S, C> {
     /// The channel to suggest in the fresh challenge: the open channel of the payer the
     /// credential names (its `source`, or the payer of the channel it pays on).
     fn suggestion(&self, authorization: Option<&str>) -> Option<ChannelId> {
-        let credential = parse_authorization(authorization?).ok()?;
+        authorization
+            .and_then(|authorization| self.payer_channel(authorization))
+            .or_else(|| {
+                self.options
+                    .suggest_latest_channel
+                    .then(|| self.engine.latest_opened_channel().ok().flatten())
+                    .flatten()
+            })
+    }
+
+    fn payer_channel(&self, authorization: &str) -> Option<ChannelId> {
+        let credential = parse_authorization(authorization).ok()?;
         if let Some(account) = credential.source.as_ref().and_then(|d| d.eip155_account())
             && let Ok(Some(channel)) = self.engine.channel_for_payer(account.address)
         {
