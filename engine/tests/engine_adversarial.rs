@@ -13,7 +13,7 @@ use sluice_contracts::SluiceEscrow;
 use sluice_engine::feed::{FeedCursor, FeedPage};
 use sluice_engine::protocol::{
     ChallengeSecret, HexAddress, OpenPayload, PinnedField, ProblemKind, ProtocolError,
-    SessionPayload, base64url_decode, base64url_encode,
+    SessionPayload, SessionRoute, base64url_decode, base64url_encode,
 };
 use sluice_engine::session::SessionError;
 use sluice_engine::store::{ChannelStore, MemoryStore, RECORD_LEN};
@@ -24,6 +24,11 @@ use support::session::{Client, Harness, credential, later, now};
 
 const TOKENS: u128 = 10_000;
 const DEPOSIT: u128 = 1_000;
+
+/// An edit of a route's terms, to issue a challenge for terms the engine does not serve.
+type RouteEdit<'a> = &'a dyn Fn(&mut SessionRoute);
+/// What a refused transaction's error must look like.
+type Expected = Box<dyn Fn(&SessionError) -> bool>;
 
 type Snapshot = (Vec<Option<[u8; RECORD_LEN]>>, FeedPage);
 
@@ -104,7 +109,7 @@ async fn replayed_forged_and_expired_challenges_are_refused() {
     let channels = [client.channel];
     let secret = ChallengeSecret::new(support::session::SECRET).expect("secret");
     let expires = later(60);
-    let reissue = |edit: &dyn Fn(&mut sluice_engine::protocol::SessionRoute)| {
+    let reissue = |edit: RouteEdit<'_>| {
         let mut route = h.route.session_route().clone();
         edit(&mut route);
         route.issue(&secret, expires).expect("issue")
@@ -115,10 +120,7 @@ async fn replayed_forged_and_expired_challenges_are_refused() {
     };
 
     // Issued by this server's secret, but for another realm, escrow or chain.
-    let cases: [(
-        &dyn Fn(&mut sluice_engine::protocol::SessionRoute),
-        PinnedField,
-    ); 4] = [
+    let cases: [(RouteEdit<'_>, PinnedField); 4] = [
         (&|r| r.realm = "other.example".into(), PinnedField::Realm),
         (
             &|r| {
@@ -477,7 +479,7 @@ async fn bad_transactions_are_refused_before_anything_is_broadcast() {
 
     // To another contract (the token), for another chain, for another payee, under a channel id
     // that is not the one the transaction creates, with an initial voucher of someone else.
-    let cases: Vec<(Bytes, B256, Box<dyn Fn(&SessionError) -> bool>)> = vec![
+    let cases: Vec<(Bytes, B256, Expected)> = vec![
         (
             client
                 .payer

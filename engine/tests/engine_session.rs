@@ -126,14 +126,23 @@ async fn lifecycle<S: ChannelStore>(h: Harness<S>) {
     let partial = engine
         .authorize_and_charge(&h.route, &client.voucher(&challenge, 160), 1, now())
         .await;
+    let Err(EngineError::ChargeRefused { authorized, source }) = partial else {
+        panic!("expected a refused charge, got {partial:?}");
+    };
     assert!(matches!(
-        partial,
-        Err(EngineError::Session(SessionError::InsufficientBalance {
+        source,
+        SessionError::InsufficientBalance {
             required: PRICE,
             available: 10,
             ..
-        }))
+        }
     ));
+    assert_eq!(
+        authorized.voucher,
+        Some(VoucherOutcome::Accepted { delta: 10 })
+    );
+    assert_eq!(authorized.units_charged, 0);
+    assert_eq!(authorized.record.accepted_cumulative, 160);
     let after = h.record(&channel).expect("record");
     assert_eq!((after.accepted_cumulative, after.spent), (160, 150));
 
