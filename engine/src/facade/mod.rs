@@ -43,12 +43,6 @@ use crate::session::{
 };
 use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore, Current};
 
-/// A charging step's result, or the replay of a recorded outcome.
-enum Replayable<T> {
-    Done(T),
-    Replayed(RecordedOutcome),
-}
-
 /// Which session action a credential carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -134,12 +128,65 @@ fn receipt_for(
     })
 }
 
-/// The store change for a transition followed by a charge (both on the fresh record).
+/// What a transition followed by a charge decided: the voucher's outcome and, if the charge
+/// was refused, why.
+#[derive(Debug)]
+struct Charged {
+    voucher: Option<VoucherOutcome>,
+    refused: Option<SessionError>,
+}
+
+/// The store change for a transition followed by a charge, both on the fresh record.
 ///
-/// A valid voucher is kept even when the charge it came with is refused for an insufficient
-/// balance (as mppx does: the voucher is money the payer signed); the refusal is returned as
-/// the update's value.
-type Charged = Result<Option<VoucherOutcome>, SessionError>;
+/// A valid credential is kept even when the charge that came with it is refused (as mppx does:
+/// a voucher is money the payer signed, an open is a channel on chain); the refusal is handed
+/// back as the update's value.
+///
+/// With a [`Recording`], a successful charge also records the request's outcome under its
+/// idempotency key, in the same change.
+fn then_charge(
+    transition: Transition,
+    channel: &ChannelId,
+    amount: u128,
+    units: u64,
+    now_ms: u64,
+    recording: Option<&Recording<'_>>,
+) -> Result<Change<Step>, EngineError> {
+    let (record, write, refused) =
+        match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
+            Ok(charged) => (charged.record, transition.write || charged.write, None),
+            Err(refused) => (transition.record, transition.write, Some(refused)),
+        };
+    // Only a charge is recorded: a refused or free request has nothing to protect.
+    let aux = match recording {
+        Some(recording) if units > 0 && refused.is_none() => {
+            let receipt = receipt_for(
+                &record,
+                recording.challenge_id,
+                recording.now,
+                recording.tx_hash,
+            )?;
+            Some((
+                recording.store_key.clone(),
+                recording.request.entry(&receipt),
+            ))
+        }
+        _ => None,
+    };
+    let value = Step::Charged(Charged {
+        voucher: transition.voucher,
+        refused,
+    });
+    let change = if write {
+        Change::write(record, value)
+    } else {
+        Change::keep(value)
+    };
+    Ok(match aux {
+        Some((key, entry)) => change.with_aux(key, entry),
+        None => change,
+    })
+}
 
 /// What a charging update decided: a charge (or its refusal), or the replay of an outcome
 /// recorded under the request's idempotency key.
@@ -157,65 +204,43 @@ struct Recording<'a> {
     tx_hash: Option<B256>,
 }
 
-impl Recording<'_> {
+impl<'a> Recording<'a> {
+    fn new(
+        request: Option<&'a IdempotentRequest>,
+        channel: &ChannelId,
+        challenge_id: &'a str,
+        now: Timestamp,
+        tx_hash: Option<B256>,
+    ) -> Option<Self> {
+        request.map(|request| Self {
+            store_key: request.store_key(channel),
+            request,
+            challenge_id,
+            now,
+            tx_hash,
+        })
+    }
+
     /// The replay of an outcome already recorded under the key, if there is one.
     fn replay(
         &self,
         channel: &ChannelId,
         current: &Current<'_>,
-    ) -> Result<Option<Step>, EngineError> {
+    ) -> Result<Option<Change<Step>>, EngineError> {
         match current.aux {
-            Some(entry) => Ok(Some(Step::Replayed(self.request.replay(channel, entry)?))),
+            Some(entry) => Ok(Some(Change::keep(Step::Replayed(
+                self.request.replay(channel, entry)?,
+            )))),
             None => Ok(None),
         }
     }
 }
 
-fn then_charge(
-    transition: Transition,
-    channel: &ChannelId,
-    amount: u128,
-    units: u64,
-    now_ms: u64,
-    recording: Option<&Recording<'_>>,
-) -> Result<Change<Step>, EngineError> {
-    match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
-        Ok(charged) => {
-            let value = Step::Charged(Ok(transition.voucher));
-            let change = if transition.write || charged.write {
-                Change::write(charged.record, value)
-            } else {
-                Change::keep(value)
-            };
-            match recording {
-                // Only a charge is recorded: a free request has nothing to protect.
-                Some(recording) if units > 0 => {
-                    let receipt = receipt_for(
-                        &charged.record,
-                        recording.challenge_id,
-                        recording.now,
-                        recording.tx_hash,
-                    )?;
-                    Ok(change.with_aux(
-                        recording.store_key.clone(),
-                        recording.request.entry(&receipt),
-                    ))
-                }
-                _ => Ok(change),
-            }
-        }
-        Err(refused @ SessionError::InsufficientBalance { .. }) if transition.write => Ok(
-            Change::write(transition.record, Step::Charged(Err(refused))),
-        ),
-        Err(refused) => Err(refused.into()),
-    }
-}
-
-fn charged(committed: Step) -> Result<Option<VoucherOutcome>, EngineError> {
-    match committed {
-        Step::Charged(charged) => Ok(charged?),
-        // Unreachable without a key; treated as an internal inconsistency if it ever happens.
-        Step::Replayed(_) => Err(EngineError::InvalidConfig {
+/// The authorization of a request without an idempotency key (which never replays).
+fn fresh(outcome: IdempotentOutcome) -> Result<Authorized, EngineError> {
+    match outcome {
+        IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
+        IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
             field: "idempotency",
             reason: "a replay without an idempotency key".into(),
         }),
@@ -315,37 +340,43 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
 
     /// Verifies a credential (`Authorization` header value) for `route` and runs its action
     /// without charging: the path for management requests (HEAD, empty POST, topUp, close).
-    ///
-    /// On this path a `voucher` or `close` credential is accepted on an **expired** challenge
-    /// (its HMAC and the route's pinned fields are still checked): the mppx v1 client reuses
-    /// the stream's challenge for mid-stream vouchers and its last challenge for the close.
-    /// Nothing is charged here and vouchers are cumulative, so replaying one gains nothing.
-    /// `open` and `topUp` still need a live challenge.
     pub async fn authorize(
         &self,
         route: &Route,
         authorization: &str,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
-        match self
-            .authorize_recorded(route, authorization, 0, now, None, true)
-            .await?
-        {
-            IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
-            IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
-                field: "idempotency",
-                reason: "a replay without an idempotency key".into(),
-            }),
-        }
+        fresh(
+            self.authorize_recorded(route, authorization, 0, now, None, false)
+                .await?,
+        )
+    }
+
+    /// [`authorize`](Self::authorize) for a management request (HEAD, empty POST), where a
+    /// `voucher` or `close` credential is also accepted on an **expired** challenge (its HMAC
+    /// and the route's pinned fields are still checked): the mppx v1 client reuses the stream's
+    /// challenge for mid-stream vouchers and its last challenge for the close. Nothing is
+    /// charged here and vouchers are cumulative, so replaying one gains nothing. `open` and
+    /// `topUp` still need a live challenge.
+    pub async fn authorize_management(
+        &self,
+        route: &Route,
+        authorization: &str,
+        now: Timestamp,
+    ) -> Result<Authorized, EngineError> {
+        fresh(
+            self.authorize_recorded(route, authorization, 0, now, None, true)
+                .await?,
+        )
     }
 
     /// Verifies a credential and charges `units` of the route's price in the same store update
     /// as the credential's voucher: the path for a paid content request (charge before serve).
     ///
     /// `topUp` and `close` credentials are never charged (they are management actions).
-    /// When the vouchers do not cover the charge, the error is
-    /// [`SessionError::InsufficientBalance`]; a valid voucher the credential carried is stored
-    /// all the same.
+    /// When the charge is refused (the vouchers do not cover it: `InsufficientBalance`), the
+    /// error is [`EngineError::ChargeRefused`]: the credential itself was valid and what it
+    /// carried is stored all the same (its [`Authorized`] is in the error).
     pub async fn authorize_and_charge(
         &self,
         route: &Route,
@@ -353,26 +384,10 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         units: u64,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
-        self.authorize_inner(route, authorization, units, now).await
-    }
-
-    async fn authorize_inner(
-        &self,
-        route: &Route,
-        authorization: &str,
-        units: u64,
-        now: Timestamp,
-    ) -> Result<Authorized, EngineError> {
-        match self
-            .authorize_recorded(route, authorization, units, now, None, false)
-            .await?
-        {
-            IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
-            IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
-                field: "idempotency",
-                reason: "a replay without an idempotency key".into(),
-            }),
-        }
+        fresh(
+            self.authorize_recorded(route, authorization, units, now, None, false)
+                .await?,
+        )
     }
 
     /// [`authorize_and_charge`](Self::authorize_and_charge) with a request-level idempotency
@@ -383,9 +398,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
     /// [`EngineError::IdempotencyKeyReused`].
     ///
     /// The credential is verified in full either way. Only charged content requests record an
-    /// outcome (`topUp`, `close` and zero-unit requests are never charged, so never recorded).
-    /// Recorded outcomes stay until [`prune_idempotency`](Self::prune_idempotency) removes them
-    /// after `request.expires_at_ms`.
+    /// outcome (`topUp`, `close`, refused and zero-unit requests are not). Recorded outcomes stay
+    /// until [`prune_idempotency`](Self::prune_idempotency) removes them after
+    /// `request.expires_at_ms`.
     pub async fn authorize_and_charge_idempotent(
         &self,
         route: &Route,
@@ -430,64 +445,65 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .verify(&credential.challenge, &self.config.secret, verify_at)?;
         let credential = credential.into_session()?;
         let challenge_id = credential.challenge.id().to_owned();
-        let (action, channel_id, voucher, tx_hash, units_charged, record) =
-            match &credential.payload {
-                SessionPayload::Open(open) => {
-                    let recorded = self
-                        .open(route, open, units, now, idempotent, &challenge_id)
-                        .await?;
-                    let (outcome, tx, record) = match recorded {
-                        Replayable::Done(done) => done,
-                        Replayable::Replayed(outcome) => {
-                            return Ok(IdempotentOutcome::Replayed(outcome));
-                        }
-                    };
-                    (
-                        Action::Open,
-                        open.channel_id,
-                        Some(outcome),
-                        Some(tx),
-                        units,
-                        record,
-                    )
-                }
-                SessionPayload::Voucher(payload) => {
-                    let recorded = self
-                        .voucher(route, payload, units, now, idempotent, &challenge_id)
-                        .await?;
-                    let (outcome, record) = match recorded {
-                        Replayable::Done(done) => done,
-                        Replayable::Replayed(outcome) => {
-                            return Ok(IdempotentOutcome::Replayed(outcome));
-                        }
-                    };
-                    (
-                        Action::Voucher,
-                        payload.channel_id,
-                        Some(outcome),
-                        None,
-                        units,
-                        record,
-                    )
-                }
-                SessionPayload::TopUp(top_up) => {
-                    let (tx, record) = self.top_up(top_up, now).await?;
-                    (Action::TopUp, top_up.channel_id, None, Some(tx), 0, record)
-                }
-                SessionPayload::Close(payload) => {
-                    let (outcome, record) = self.close(payload, now).await?;
-                    (
-                        Action::Close,
-                        payload.channel_id,
-                        Some(outcome),
-                        None,
-                        0,
-                        record,
-                    )
-                }
-            };
+        let (action, channel_id, charged, tx_hash, record) = match &credential.payload {
+            SessionPayload::Open(open) => {
+                let (step, tx, record) = self
+                    .open(route, open, units, now, idempotent, &challenge_id)
+                    .await?;
+                let charged = match step {
+                    Step::Charged(charged) => charged,
+                    Step::Replayed(outcome) => return Ok(IdempotentOutcome::Replayed(outcome)),
+                };
+                (
+                    Action::Open,
+                    open.channel_id,
+                    Some(charged),
+                    Some(tx),
+                    record,
+                )
+            }
+            SessionPayload::Voucher(payload) => {
+                let (step, record) = self
+                    .voucher(route, payload, units, now, idempotent, &challenge_id)
+                    .await?;
+                let charged = match step {
+                    Step::Charged(charged) => charged,
+                    Step::Replayed(outcome) => return Ok(IdempotentOutcome::Replayed(outcome)),
+                };
+                (
+                    Action::Voucher,
+                    payload.channel_id,
+                    Some(charged),
+                    None,
+                    record,
+                )
+            }
+            SessionPayload::TopUp(top_up) => {
+                let (tx, record) = self.top_up(top_up, now).await?;
+                (Action::TopUp, top_up.channel_id, None, Some(tx), record)
+            }
+            SessionPayload::Close(payload) => {
+                let (outcome, record) = self.close(payload, now).await?;
+                let charged = Charged {
+                    voucher: Some(outcome),
+                    refused: None,
+                };
+                (
+                    Action::Close,
+                    payload.channel_id,
+                    Some(charged),
+                    None,
+                    record,
+                )
+            }
+        };
+        let (voucher, refused) = charged.map_or((None, None), |c| (c.voucher, c.refused));
+        let units_charged = match (action, &refused) {
+            (Action::Open | Action::Voucher, None) => units,
+            _ => 0,
+        };
         let receipt = receipt_for(&record, &challenge_id, now, tx_hash)?;
-        Ok(IdempotentOutcome::Fresh(Box::new(Authorized {
+        let authorized = Authorized {
             action,
             channel_id,
             challenge_id,
@@ -496,7 +512,14 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             units_charged,
             record,
             receipt,
-        })))
+        };
+        match refused {
+            None => Ok(IdempotentOutcome::Fresh(Box::new(authorized))),
+            Some(source) => Err(EngineError::ChargeRefused {
+                authorized: Box::new(authorized),
+                source,
+            }),
+        }
     }
 
     /// Charges `units` of `route`'s price on `channel` against its accepted vouchers (charge
@@ -710,7 +733,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         now: Timestamp,
         idempotent: Option<&IdempotentRequest>,
         challenge_id: &str,
-    ) -> Result<Replayable<(VoucherOutcome, ChannelRecord)>, EngineError> {
+    ) -> Result<(Step, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         let now_ms = unix_ms(now);
         let signature = Self::parse_signature(&channel, &payload.signature)?;
@@ -733,21 +756,15 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             }
         }
         let amount = route.price.amount;
-        let recording = idempotent.map(|request| Recording {
-            store_key: request.store_key(&channel),
-            request,
-            challenge_id,
-            now,
-            tx_hash: None,
-        });
+        let recording = Recording::new(idempotent, &channel, challenge_id, now, None);
         let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .apply(&channel, aux_key, |current| {
+            .apply(&channel, aux_key, |current| -> Result<_, EngineError> {
                 if let Some(recording) = &recording
                     && let Some(replay) = recording.replay(&channel, &current)?
                 {
-                    return Ok(Change::keep(replay));
+                    return Ok(replay);
                 }
                 let t =
                     session::on_voucher(current.record, &channel, &claim, &policy, facts, now_ms)?;
@@ -755,17 +772,10 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             })?
             .durable()
             .await?;
-        if let Step::Replayed(outcome) = committed.value {
-            return Ok(Replayable::Replayed(outcome));
-        }
-        let outcome = charged(committed.value)?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok(Replayable::Done((
-            outcome.unwrap_or(VoucherOutcome::Retry),
-            record,
-        )))
+        Ok((committed.value, record))
     }
 
     async fn open(
@@ -776,7 +786,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         now: Timestamp,
         idempotent: Option<&IdempotentRequest>,
         challenge_id: &str,
-    ) -> Result<Replayable<(VoucherOutcome, B256, ChannelRecord)>, EngineError> {
+    ) -> Result<(Step, B256, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         // Everything offline first: a credential that fails here is never broadcast.
         let open: DecodedOpen =
@@ -813,21 +823,16 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let now_ms = unix_ms(now);
         let (facts, read_at) = self.read_chain(&channel, now_ms).await?;
         let amount = route.price.amount;
-        let recording = idempotent.map(|request| Recording {
-            store_key: request.store_key(&channel),
-            request,
-            challenge_id,
-            now,
-            tx_hash: Some(mined.tx_hash),
-        });
+        let recording =
+            Recording::new(idempotent, &channel, challenge_id, now, Some(mined.tx_hash));
         let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .apply(&channel, aux_key, |current| {
+            .apply(&channel, aux_key, |current| -> Result<_, EngineError> {
                 if let Some(recording) = &recording
                     && let Some(replay) = recording.replay(&channel, &current)?
                 {
-                    return Ok(Change::keep(replay));
+                    return Ok(replay);
                 }
                 let t = session::on_open(
                     current.record,
@@ -843,20 +848,11 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             })?
             .durable()
             .await?;
-        // The channel is open (and stored) whatever the charge below says.
         self.index_payer(open.payer, channel);
-        if let Step::Replayed(outcome) = committed.value {
-            return Ok(Replayable::Replayed(outcome));
-        }
-        let outcome = charged(committed.value)?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok(Replayable::Done((
-            outcome.unwrap_or(VoucherOutcome::Retry),
-            mined.tx_hash,
-            record,
-        )))
+        Ok((committed.value, mined.tx_hash, record))
     }
 
     async fn top_up(

@@ -78,7 +78,9 @@ pub fn problem_for(error: &EngineError) -> Problem {
         EngineError::Signature { source, .. } => {
             Problem::invalid_signature(Some(&source.to_string()))
         }
-        EngineError::Session(error) => session_problem(error),
+        EngineError::Session(error) | EngineError::ChargeRefused { source: error, .. } => {
+            session_problem(error)
+        }
         EngineError::TxReverted { action, tx_hash } => Problem::verification_failed(Some(
             &format!("{action} transaction {tx_hash} reverted on chain"),
         )),

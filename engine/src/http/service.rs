@@ -256,7 +256,10 @@ where
     let engine = &gate.engine;
     if is_management(&request) {
         return Ok(
-            match engine.authorize(&gate.route, &authorization, now).await {
+            match engine
+                .authorize_management(&gate.route, &authorization, now)
+                .await
+            {
                 Ok(authorized) => receipt_response(
                     StatusCode::NO_CONTENT,
                     &authorized.receipt.to_header_value(),

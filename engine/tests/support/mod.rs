@@ -11,3 +11,4 @@
 pub mod anvil;
 pub mod flaky_proxy;
 pub mod http;
+pub mod session;
