@@ -207,24 +207,31 @@ impl Provider {
     /// Account `index` as a payer with `deposit` tokens approved for the escrow (the approval
     /// mined), ready to open.
     pub async fn payer(&self, index: usize, deposit: u128) -> TestPayer {
-        let mut payer = self.chain.payer(index, deposit).await;
-        let approve = payer.approve(deposit);
-        let mined = self
-            .engine
-            .chain()
-            .submit_raw(approve)
-            .await
-            .expect("approve mined");
-        assert!(mined.success);
-        let key = SigningKey::from_slice(payer.signer.to_bytes().as_slice()).expect("key");
-        TestPayer {
-            payer,
-            key,
-            deposit,
-            domain: self.engine.voucher_domain().clone(),
-            channel: B256::ZERO,
-            payee: self.payee,
-        }
+        approved_payer(&self.chain, index, deposit, self.payee).await
+    }
+}
+
+/// Account `index` as a payer of `payee` with `deposit` tokens minted and approved for the
+/// escrow (the approval mined), ready to open.
+pub async fn approved_payer(
+    chain: &TestChain,
+    index: usize,
+    deposit: u128,
+    payee: Address,
+) -> TestPayer {
+    let mut payer = chain.payer(index, deposit).await;
+    let approve = payer.approve(deposit);
+    let rpc = RpcChain::connect(chain.config()).await.expect("rpc");
+    let mined = rpc.submit_raw(approve).await.expect("approve mined");
+    assert!(mined.success);
+    let key = SigningKey::from_slice(payer.signer.to_bytes().as_slice()).expect("key");
+    TestPayer {
+        payer,
+        key,
+        deposit,
+        domain: VoucherDomain::tempo_v1(CHAIN_ID, chain.escrow),
+        channel: B256::ZERO,
+        payee,
     }
 }
 
