@@ -55,8 +55,11 @@ impl HttpError {
             Self::PaymentRequired { description } => {
                 Problem::payment_required(description.as_deref())
             }
-            Self::HeaderNotAscii { .. } => {
-                Problem::malformed_credential(Some("header is not visible ASCII"))
+            Self::HeaderNotAscii {
+                header: "Authorization",
+            } => Problem::malformed_credential(Some("header is not visible ASCII")),
+            Self::HeaderNotAscii { header } => {
+                Problem::bad_request(Some(&format!("{header} is not visible ASCII")))
             }
             Self::InvalidAcceptPayment(error) => error.to_problem(),
             Self::NoAcceptableOffer { offered } => Problem::method_unsupported(Some(offered)),
