@@ -27,7 +27,7 @@ pub use config::{
 pub use error::EngineError;
 use signer_cache::SignerCache;
 
-use crate::chain::{ChainClient, OnChainChannel};
+use crate::chain::{ChainClient, OnChainChannel, needs_refresh};
 use crate::protocol::{
     Challenge, OpenPayload, SessionPayload, SessionReceipt, Timestamp, TopUpPayload,
     VoucherPayload, parse_authorization,
@@ -549,7 +549,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .store
             .get(&channel)?
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        let chain = if session::needs_refresh(&stored, now_ms, self.config.chain_state_ttl) {
+        let chain = if needs_refresh(&stored, now_ms, self.config.chain_state_ttl) {
             Some(self.read_chain(&channel, now_ms).await?)
         } else {
             None
