@@ -407,7 +407,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
     /// Waits, without polling, until `channel` has accepted more than `above` (a voucher
     /// arrived, e.g. on another connection while a metered stream is paused) and returns its
     /// record. Fails with a 410-class [`SessionError`] if the channel is unknown or stops taking
-    /// vouchers (closing, closed) meanwhile, and with [`EngineError::StoreShutDown`] if the store
+    /// vouchers (closing, closed, a close request known) meanwhile, and with [`EngineError::StoreShutDown`] if the store
     /// shuts down. Cancel-safe: drop the future to stop waiting.
     pub async fn wait_for_accepted(
         &self,
@@ -426,7 +426,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             if record.accepted_cumulative > above {
                 return Ok(record);
             }
-            session::require_open(&record, true)?;
+            // A channel that cannot take vouchers (closing, closed, or a known close request)
+            // will not get the one awaited.
+            session::require_open(&record, false)?;
             if feed.wait_beyond(seen).await.is_none() {
                 return Err(EngineError::StoreShutDown);
             }
