@@ -15,8 +15,8 @@ use crate::protocol::{
 /// How long an issued challenge may be answered: 5 minutes, mppx's default.
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
 /// How long cached chain facts are trusted before a voucher re-reads them: 5 s, mppx's
-/// `channelStateTtl`.
-pub const DEFAULT_CHAIN_STATE_TTL: Duration = Duration::from_secs(5);
+/// `channelStateTtl` (the chain module's default).
+pub const DEFAULT_CHAIN_STATE_TTL: Duration = crate::chain::DEFAULT_CHAIN_FACTS_TTL;
 /// How many signer keys the engine keeps ready (each holds a ~45 KB table at the default
 /// width; 1,024 keys are about 46 MB).
 pub const DEFAULT_SIGNER_CACHE_CAPACITY: usize = 1024;

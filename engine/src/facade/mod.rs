@@ -32,7 +32,7 @@ pub use idempotency::{
 };
 use signer_cache::SignerCache;
 
-use crate::chain::{ChainClient, OnChainChannel};
+use crate::chain::{ChainClient, OnChainChannel, needs_refresh};
 use crate::protocol::{
     Challenge, OpenPayload, SessionPayload, SessionReceipt, Timestamp, TopUpPayload,
     VoucherPayload, parse_authorization,
@@ -575,7 +575,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
     /// Waits, without polling, until `channel` has accepted more than `above` (a voucher
     /// arrived, e.g. on another connection while a metered stream is paused) and returns its
     /// record. Fails with a 410-class [`SessionError`] if the channel is unknown or stops taking
-    /// vouchers (closing, closed) meanwhile, and with [`EngineError::StoreShutDown`] if the store
+    /// vouchers (closing, closed, a close request known) meanwhile, and with [`EngineError::StoreShutDown`] if the store
     /// shuts down. Cancel-safe: drop the future to stop waiting.
     pub async fn wait_for_accepted(
         &self,
@@ -594,7 +594,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             if record.accepted_cumulative > above {
                 return Ok(record);
             }
-            session::require_open(&record, true)?;
+            // A channel that cannot take vouchers (closing, closed, or a known close request)
+            // will not get the one awaited.
+            session::require_open(&record, false)?;
             if feed.wait_beyond(seen).await.is_none() {
                 return Err(EngineError::StoreShutDown);
             }
@@ -743,7 +745,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .store
             .get(&channel)?
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        let chain = if session::needs_refresh(&stored, now_ms, self.config.chain_state_ttl) {
+        let chain = if needs_refresh(&stored, now_ms, self.config.chain_state_ttl) {
             Some(self.read_chain(&channel, now_ms).await?)
         } else {
             None

@@ -1,24 +1,19 @@
 //! Merging the escrow's view of a channel into the stored record (the chain-facts cache).
-
-use std::time::Duration;
+//!
+//! When to re-read is [`crate::chain::needs_refresh`]'s call. How a read is folded in differs
+//! from [`crate::chain::apply_chain_facts`] on purpose: that one refuses a read that lowers the
+//! deposit or the settled amount, and turns a close request into `Closing`; inside the engine two
+//! requests may read the chain and then update the store in either order (a voucher's TTL
+//! refresh racing a top-up), so a stale read must merge harmlessly rather than fail the request,
+//! and `Closing` must keep meaning "the engine took a close voucher" (a top-up cancels a close
+//! request on chain, and the channel goes on).
 
 use super::{ChainField, SessionError};
 use crate::chain::OnChainChannel;
 use crate::store::{ChannelRecord, ChannelStatus};
 
-/// Whether a record's cached chain facts are older than `ttl` at `now_ms` and should be read
-/// again before a voucher is judged against them (mppx's `channelStateTtl`).
-///
-/// A finalized channel never changes again, so it never needs a refresh.
-pub fn needs_refresh(record: &ChannelRecord, now_ms: u64, ttl: Duration) -> bool {
-    if record.finalized {
-        return false;
-    }
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    now_ms.saturating_sub(record.chain_checked_at_ms) >= ttl_ms
-}
-
 /// The record with the escrow's facts about the channel, read at `read_at_ms`, merged in.
+/// The transitions call it with the facts the facade read.
 ///
 /// Merging is safe against stale and reordered reads (two requests may read the chain and
 /// then update the store in either order):
@@ -32,7 +27,7 @@ pub fn needs_refresh(record: &ChannelRecord, now_ms: u64, ttl: Duration) -> bool
 ///
 /// A finalized channel's escrow record is deleted down to its tombstone, so a finalized read
 /// keeps the parties, deposit and settled amount the record already holds.
-pub fn apply_chain_facts(
+pub fn merge_chain_facts(
     record: &ChannelRecord,
     chain: &OnChainChannel,
     read_at_ms: u64,

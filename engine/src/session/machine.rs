@@ -11,7 +11,7 @@ use sluice_voucher::{
     expected_signer,
 };
 
-use super::{DecodedOpen, DecodedTopUp, SessionError, apply_chain_facts};
+use super::{DecodedOpen, DecodedTopUp, SessionError, merge_chain_facts};
 use crate::chain::OnChainChannel;
 use crate::store::{ChannelId, ChannelRecord, ChannelStatus, SIGNATURE_LEN};
 
@@ -147,7 +147,7 @@ fn with_chain(
     chain: Option<(&OnChainChannel, u64)>,
 ) -> Result<ChannelRecord, SessionError> {
     match chain {
-        Some((facts, read_at_ms)) => apply_chain_facts(&record, facts, read_at_ms),
+        Some((facts, read_at_ms)) => merge_chain_facts(&record, facts, read_at_ms),
         None => Ok(record),
     }
 }
@@ -230,9 +230,9 @@ pub fn on_open(
             finalized: true,
         });
     }
-    // The parties come from the transaction; the escrow must agree (apply_chain_facts refuses
+    // The parties come from the transaction; the escrow must agree (merge_chain_facts refuses
     // any difference), and must know the channel at all.
-    let mut next = apply_chain_facts(&base, input.chain, input.chain_read_at_ms)?;
+    let mut next = merge_chain_facts(&base, input.chain, input.chain_read_at_ms)?;
     if next.close_requested_at != 0 {
         return Err(SessionError::ChannelClosing {
             channel: open.channel_id,
@@ -376,7 +376,7 @@ pub fn on_top_up(
     let stored = existing(current, &top_up.channel_id)?;
     require_open(&stored, true)?;
     check_top_up_sender(&stored, top_up)?;
-    let mut next = apply_chain_facts(&stored, input.chain, input.chain_read_at_ms)?;
+    let mut next = merge_chain_facts(&stored, input.chain, input.chain_read_at_ms)?;
     if next.finalized {
         return Err(finalized(&next));
     }

@@ -11,7 +11,7 @@
 //! | Piece | Functions |
 //! |---|---|
 //! | transactions a credential carries | [`decode_open_tx`], [`decode_top_up_tx`], [`check_top_up_sender`] |
-//! | chain-facts cache | [`needs_refresh`], [`apply_chain_facts`] |
+//! | chain-facts cache | [`merge_chain_facts`] (when to re-read: [`crate::chain::needs_refresh`]) |
 //! | cheap checks before ECDSA | [`precheck_voucher`], [`precheck_close`] → [`SignatureCheck`] |
 //! | transitions | [`on_open`], [`on_voucher`], [`charge`], [`on_top_up`], [`on_close`] → [`Transition`] |
 //!
@@ -30,7 +30,7 @@ mod tx;
 mod tests;
 
 pub use error::{ChainField, SessionError};
-pub use facts::{apply_chain_facts, needs_refresh};
+pub use facts::merge_chain_facts;
 pub use machine::{
     OpenInput, SignatureCheck, TopUpInput, Transition, VoucherClaim, VoucherOutcome, charge,
     check_top_up_sender, on_close, on_open, on_top_up, on_voucher, precheck_close,

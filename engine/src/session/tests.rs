@@ -1,8 +1,6 @@
 //! Unit tests of the session machine: transaction decoding (against the mppx vectors and
 //! crafted transactions) and every transition and refusal.
 
-use std::time::Duration;
-
 use alloy::consensus::{
     SignableTransaction, Signed, TxEip1559, TxEip2930, TxEip7702, TxEnvelope, TxLegacy,
 };
@@ -1083,34 +1081,26 @@ fn chain_facts_merge_monotonically() {
     // A stale read (older than the record's) cannot lower the deposit or revive a close request.
     let mut stale = chain_facts(900);
     stale.close_requested_at = 5;
-    let merged = apply_chain_facts(&r, &stale, NOW - 1).expect("merge");
+    let merged = merge_chain_facts(&r, &stale, NOW - 1).expect("merge");
     assert_eq!(merged.deposit, 1_000);
     assert_eq!(merged.close_requested_at, 0);
     assert_eq!(merged.chain_checked_at_ms, NOW);
     // A newer one sets and clears it.
-    let merged = apply_chain_facts(&r, &stale, NOW + 1).expect("merge");
+    let merged = merge_chain_facts(&r, &stale, NOW + 1).expect("merge");
     assert_eq!(merged.close_requested_at, 5);
-    let cleared = apply_chain_facts(&merged, &chain_facts(1_000), NOW + 2).expect("merge");
+    let cleared = merge_chain_facts(&merged, &chain_facts(1_000), NOW + 2).expect("merge");
     assert_eq!(cleared.close_requested_at, 0);
     // Finalized is sticky and keeps the cached amounts (the escrow's record is a tombstone).
     let tombstone = OnChainChannel {
         finalized: true,
         ..OnChainChannel::default()
     };
-    let closed = apply_chain_facts(&r, &tombstone, NOW + 3).expect("merge");
+    let closed = merge_chain_facts(&r, &tombstone, NOW + 3).expect("merge");
     assert!(closed.finalized);
     assert_eq!(closed.status, ChannelStatus::Closed);
     assert_eq!((closed.deposit, closed.payer), (1_000, PAYER));
-    let still = apply_chain_facts(&closed, &chain_facts(1_000), NOW + 4).expect("merge");
+    let still = merge_chain_facts(&closed, &chain_facts(1_000), NOW + 4).expect("merge");
     assert!(still.finalized);
-    // Refresh policy.
-    assert!(!needs_refresh(&r, NOW + 4_999, Duration::from_secs(5)));
-    assert!(needs_refresh(&r, NOW + 5_000, Duration::from_secs(5)));
-    assert!(!needs_refresh(
-        &closed,
-        NOW + 100_000,
-        Duration::from_secs(5)
-    ));
 }
 
 #[test]
