@@ -6,6 +6,7 @@
 
 pub mod challenge_parse;
 pub mod credential_parse;
+pub mod session_actions;
 pub mod voucher_check;
 
 #[cfg(test)]
@@ -17,6 +18,13 @@ mod tests {
     fn voucher_check_seeds_hold_the_invariants() {
         for seed in super::voucher_check::seeds() {
             super::voucher_check::do_test(&seed);
+        }
+    }
+
+    #[test]
+    fn session_actions_seeds_hold_the_invariants() {
+        for seed in super::session_actions::seeds() {
+            super::session_actions::do_test(&seed);
         }
     }
 }
