@@ -4,6 +4,7 @@
 pub mod chain;
 mod facade;
 pub mod feed;
+pub mod http;
 pub mod protocol;
 pub mod session;
 pub mod store;
