@@ -126,9 +126,8 @@ async fn read_all(
     };
     let mut requests = 0;
     loop {
-        let page = FeedPage::from(
-            read_page(client, base, &format!("after={after}&limit={limit}")).await,
-        );
+        let page =
+            FeedPage::from(read_page(client, base, &format!("after={after}&limit={limit}")).await);
         requests += 1;
         assert!(page.entries.len() <= limit, "limit respected");
         assert!(page.next >= after, "next never goes back");
@@ -175,7 +174,10 @@ async fn pages_through_the_feed_and_continues_after_a_restart() {
     // The HTTP view equals the in-process view.
     assert_eq!(
         page.entries,
-        store.read_feed(FeedCursor::ZERO, 100).expect("read").entries
+        store
+            .read_feed(FeedCursor::ZERO, 100)
+            .expect("read")
+            .entries
     );
     let caught_up = page.next;
 
@@ -230,16 +232,25 @@ async fn pages_through_the_feed_and_continues_after_a_restart() {
     let client = reqwest::Client::new();
 
     let (after_restart, _) = read_all(&client, &server.base, saved, 10).await;
-    assert!(after_restart.entries.is_empty(), "nothing new since the saved cursor");
+    assert!(
+        after_restart.entries.is_empty(),
+        "nothing new since the saved cursor"
+    );
     let (whole_again, _) = read_all(&client, &server.base, FeedCursor::ZERO, 7).await;
-    assert_eq!(whole_again.entries, whole.entries, "the feed survived the restart");
+    assert_eq!(
+        whole_again.entries, whole.entries,
+        "the feed survived the restart"
+    );
 
     raise_voucher(&store, channel(9), 9_999);
     let (resumed, _) = read_all(&client, &server.base, saved, 10).await;
     assert_eq!(resumed.entries.len(), 1);
     assert_eq!(resumed.entries[0].channel_id, channel(9));
     assert_eq!(resumed.entries[0].cumulative_amount, 9_999);
-    assert!(resumed.entries[0].cursor > saved, "cursors continue above the old ones");
+    assert!(
+        resumed.entries[0].cursor > saved,
+        "cursors continue above the old ones"
+    );
     server.stop().await;
 }
 
@@ -270,7 +281,11 @@ async fn refuses_requests_without_the_token() {
             Some(format!("Basic {TOKEN}")),
             r#"Bearer realm="sluice-feed""#,
         ),
-        ("bare token", Some(TOKEN.to_owned()), r#"Bearer realm="sluice-feed""#),
+        (
+            "bare token",
+            Some(TOKEN.to_owned()),
+            r#"Bearer realm="sluice-feed""#,
+        ),
         (
             "bearer without a token",
             Some("Bearer".to_owned()),
@@ -322,7 +337,12 @@ async fn answers_bad_parameters_with_a_problem() {
         "cursor=3",
         "after=1&after=2",
     ] {
-        let response = get(&client, &format!("{}/feed?{query}", server.base), Some(TOKEN)).await;
+        let response = get(
+            &client,
+            &format!("{}/feed?{query}", server.base),
+            Some(TOKEN),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(
             response.headers()["content-type"],
@@ -366,7 +386,12 @@ async fn a_long_poll_is_woken_by_a_new_voucher() {
     assert!(caught_up > FeedCursor::ZERO);
 
     // Nothing arrives: a short wait ends with an empty page at the same cursor.
-    let idle = read_page(&client, &server.base, &format!("after={caught_up}&wait_ms=50")).await;
+    let idle = read_page(
+        &client,
+        &server.base,
+        &format!("after={caught_up}&wait_ms=50"),
+    )
+    .await;
     assert!(idle.entries.is_empty());
     assert_eq!(idle.next, caught_up);
 

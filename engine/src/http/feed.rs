@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::chain::ChainClient;
 use crate::Engine;
+use crate::chain::ChainClient;
 use crate::feed::{FeedCursor, FeedEntry, FeedPage, FeedSubscription};
 use crate::protocol::Problem;
 use crate::store::{ChannelStatus, ChannelStore, SIGNATURE_LEN, StoreError};
@@ -81,7 +81,9 @@ pub enum FeedHttpError {
         max: usize,
     },
     /// The configured token has a byte outside RFC 6750's `b64token` characters.
-    #[error("feed token byte {position} is not a bearer-token character (A-Z a-z 0-9 - . _ ~ + / =)")]
+    #[error(
+        "feed token byte {position} is not a bearer-token character (A-Z a-z 0-9 - . _ ~ + / =)"
+    )]
     TokenInvalidChar {
         /// The byte offset of the first bad character.
         position: usize,
@@ -417,7 +419,10 @@ impl FeedQuery {
 }
 
 /// A query number: a canonical unsigned decimal (`0` or digits without a leading zero).
-fn parse_decimal<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, FeedHttpError> {
+fn parse_decimal<T: std::str::FromStr>(
+    name: &'static str,
+    value: &str,
+) -> Result<T, FeedHttpError> {
     canonical_decimal(value).ok_or_else(|| FeedHttpError::InvalidNumber {
         name,
         value: cut(value),
@@ -553,7 +558,9 @@ mod decimal_u128 {
         serializer.collect_str(value)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u128, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         super::canonical_decimal(&text)
             .ok_or_else(|| D::Error::custom("expected a canonical decimal string of a u128"))
@@ -636,7 +643,9 @@ mod status_name {
             "open" => Ok(ChannelStatus::Open),
             "closing" => Ok(ChannelStatus::Closing),
             "closed" => Ok(ChannelStatus::Closed),
-            other => Err(D::Error::custom(format!("unknown channel status {other:?}"))),
+            other => Err(D::Error::custom(format!(
+                "unknown channel status {other:?}"
+            ))),
         }
     }
 }
@@ -734,7 +743,9 @@ mod tests {
             }
         );
         assert_eq!(
-            FeedQuery::parse(&format!("after={}", u64::MAX)).unwrap().after,
+            FeedQuery::parse(&format!("after={}", u64::MAX))
+                .unwrap()
+                .after,
             FeedCursor::new(u64::MAX)
         );
         for (query, expected) in [
@@ -787,7 +798,10 @@ mod tests {
         };
         let json = serde_json::to_value(FeedPageDto::from(&page)).unwrap();
         assert_eq!(json["next"], u64::MAX.to_string());
-        assert_eq!(json["entries"][0]["cumulativeAmount"], u128::MAX.to_string());
+        assert_eq!(
+            json["entries"][0]["cumulativeAmount"],
+            u128::MAX.to_string()
+        );
         assert_eq!(json["entries"][0]["status"], "closing");
         assert_eq!(
             json["entries"][0]["signature"],
@@ -801,12 +815,18 @@ mod tests {
         no_voucher.cumulative_amount = 0;
         let dto = FeedEntryDto::from(&no_voucher);
         assert_eq!(dto.signature, None);
-        assert_eq!(serde_json::to_value(&dto).unwrap()["signature"], serde_json::Value::Null);
+        assert_eq!(
+            serde_json::to_value(&dto).unwrap()["signature"],
+            serde_json::Value::Null
+        );
 
         for (field, bad) in [
             ("cumulativeAmount", serde_json::json!("01")),
             ("cumulativeAmount", serde_json::json!(5)),
-            ("deposit", serde_json::json!("340282366920938463463374607431768211456")),
+            (
+                "deposit",
+                serde_json::json!("340282366920938463463374607431768211456"),
+            ),
             ("cursor", serde_json::json!("-1")),
             ("signature", serde_json::json!("0x1234")),
             ("signature", serde_json::json!("07".repeat(65))),
