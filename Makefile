@@ -100,7 +100,11 @@ fuzz: cargo-fuzz
 
 lint:
 	cargo fmt --all --check
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
+	cargo fmt --manifest-path benches/Cargo.toml --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+	cargo clippy --manifest-path benches/Cargo.toml --all-targets --locked -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -45,9 +45,9 @@ alloy::sol! {
 
 /// The EIP-712 voucher digest computed by alloy from the domain parameters, without the escrow.
 ///
-/// VOUCHER-CRATE HOOK: once `sluice-voucher` lands, also compare its digest here (e.g.
-/// `assert_eq!(digest, sluice_voucher::...::digest(...))`); every test that checks the escrow's
-/// `getVoucherDigest` goes through this function.
+/// Computed twice, independently: by alloy's EIP-712 implementation and by the `sluice-voucher`
+/// crate (the digest the engine checks vouchers against); the two must agree, and every test
+/// that checks the escrow's `getVoucherDigest` goes through this function.
 pub(crate) fn reference_digest(
     name: &str,
     version: &str,
@@ -62,16 +62,27 @@ pub(crate) fn reference_digest(
         chain_id: chain_id,
         verifying_contract: escrow,
     };
-    Voucher {
+    let digest = Voucher {
         channelId: channel_id,
         cumulativeAmount: cumulative_amount,
     }
-    .eip712_signing_hash(&domain)
+    .eip712_signing_hash(&domain);
+    let ours = sluice_voucher::VoucherDomain::new(name, version, chain_id, escrow).digest(
+        &sluice_voucher::Voucher {
+            channel_id: channel_id.into(),
+            cumulative_amount,
+        },
+    );
+    assert_eq!(
+        digest, ours,
+        "sluice-voucher's digest differs from alloy's EIP-712 digest"
+    );
+    digest
 }
 
 /// The v1 channel id formula, computed here without the escrow.
 ///
-/// VOUCHER-CRATE HOOK: once `sluice-voucher` lands, also compare its channel-id derivation here.
+/// Also checked against `sluice-voucher`'s derivation, which the engine uses.
 pub(crate) fn reference_channel_id(
     payer: Address,
     payee: Address,
@@ -81,7 +92,7 @@ pub(crate) fn reference_channel_id(
     escrow: Address,
     chain_id: u64,
 ) -> B256 {
-    keccak256(
+    let id = keccak256(
         (
             payer,
             payee,
@@ -92,7 +103,18 @@ pub(crate) fn reference_channel_id(
             U256::from(chain_id),
         )
             .abi_encode(),
-    )
+    );
+    let ours = sluice_voucher::channel_id_v1(
+        payer,
+        payee,
+        token,
+        salt,
+        authorized_signer,
+        escrow,
+        chain_id,
+    );
+    assert_eq!(id, B256::from(ours), "sluice-voucher's channel id differs");
+    id
 }
 
 /// A 65-byte r ‖ s ‖ v signature (v = 27 + yParity), as mppx sends it.

@@ -3,6 +3,7 @@
 use alloy_primitives::B256;
 use sluice_voucher::VoucherError;
 
+use super::Authorized;
 use crate::chain::{ChainError, ChainErrorKind};
 use crate::protocol::{ProblemKind, ProtocolError};
 use crate::session::SessionError;
@@ -11,7 +12,7 @@ use crate::store::{ChannelId, StoreError};
 /// Everything [`Engine`](super::Engine) can fail with.
 ///
 /// Refusals of a credential (`Protocol`, `Signature`, `Session`, `TxReverted`) never change
-/// stored state. [`EngineError::problem_kind`] is the one classification the HTTP layer renders
+/// stored state; `ChargeRefused` reports a valid credential (stored) whose charge was refused. [`EngineError::problem_kind`] is the one classification the HTTP layer renders
 /// (mppx's statuses: 402 for what the payer can fix, 410 for a channel that is gone or closing,
 /// 400 for a bad request, 500 for the server's own failures).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,16 @@ pub enum EngineError {
     /// The session state machine refuses the action (see [`SessionError`]).
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The credential was valid and is stored (its voucher accepted, its channel opened), but
+    /// the charge that came with it was refused, usually for an insufficient balance.
+    #[error("credential accepted, charge refused: {source}")]
+    ChargeRefused {
+        /// What the credential did (its record is the stored, durable one).
+        authorized: Box<Authorized>,
+        /// Why the charge was refused.
+        #[source]
+        source: SessionError,
+    },
     /// A payer's `open` or `topUp` transaction was mined but reverted.
     #[error("{action} transaction {tx_hash} reverted on chain")]
     TxReverted {
@@ -67,7 +78,9 @@ impl EngineError {
         match self {
             Self::Protocol(error) => error.problem_kind(),
             Self::Signature { .. } => ProblemKind::InvalidSignature,
-            Self::Session(error) => error.problem_kind(),
+            Self::Session(error) | Self::ChargeRefused { source: error, .. } => {
+                error.problem_kind()
+            }
             Self::TxReverted { .. } => ProblemKind::VerificationFailed,
             // The node refused the payer's transaction (nonce, funds, ...): the payer's to fix.
             Self::Chain(error)
@@ -100,7 +113,16 @@ impl EngineError {
                 required,
                 available,
                 ..
-            }) => Some((*required, *available)),
+            })
+            | Self::ChargeRefused {
+                source:
+                    SessionError::InsufficientBalance {
+                        required,
+                        available,
+                        ..
+                    },
+                ..
+            } => Some((*required, *available)),
             _ => None,
         }
     }

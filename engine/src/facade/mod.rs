@@ -122,29 +122,39 @@ fn receipt_for(
     })
 }
 
-/// The store change for a transition followed by a charge (both on the fresh record).
-///
-/// A valid voucher is kept even when the charge it came with is refused for an insufficient
-/// balance (as mppx does: the voucher is money the payer signed); the refusal is returned as
-/// the update's value.
-type Charged = Result<Option<VoucherOutcome>, SessionError>;
+/// What a transition followed by a charge decided: the voucher's outcome and, if the charge
+/// was refused, why.
+#[derive(Debug)]
+struct Charged {
+    voucher: Option<VoucherOutcome>,
+    refused: Option<SessionError>,
+}
 
+/// The store change for a transition followed by a charge, both on the fresh record.
+///
+/// A valid credential is kept even when the charge that came with it is refused (as mppx does:
+/// a voucher is money the payer signed, an open is a channel on chain); the refusal is handed
+/// back as the update's value.
 fn then_charge(
     transition: Transition,
     channel: &ChannelId,
     amount: u128,
     units: u64,
     now_ms: u64,
-) -> Result<Change<Charged>, EngineError> {
-    match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
-        Ok(charged) if transition.write || charged.write => {
-            Ok(Change::write(charged.record, Ok(transition.voucher)))
-        }
-        Ok(_) => Ok(Change::keep(Ok(transition.voucher))),
-        Err(refused @ SessionError::InsufficientBalance { .. }) if transition.write => {
-            Ok(Change::write(transition.record, Err(refused)))
-        }
-        Err(refused) => Err(refused.into()),
+) -> Change<Charged> {
+    let (record, write, refused) =
+        match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
+            Ok(charged) => (charged.record, transition.write || charged.write, None),
+            Err(refused) => (transition.record, transition.write, Some(refused)),
+        };
+    let value = Charged {
+        voucher: transition.voucher,
+        refused,
+    };
+    if write {
+        Change::write(record, value)
+    } else {
+        Change::keep(value)
     }
 }
 
@@ -253,9 +263,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
     /// as the credential's voucher: the path for a paid content request (charge before serve).
     ///
     /// `topUp` and `close` credentials are never charged (they are management actions).
-    /// When the vouchers do not cover the charge, the error is
-    /// [`SessionError::InsufficientBalance`]; a valid voucher the credential carried is stored
-    /// all the same.
+    /// When the charge is refused (the vouchers do not cover it: `InsufficientBalance`), the
+    /// error is [`EngineError::ChargeRefused`]: the credential itself was valid and what it
+    /// carried is stored all the same (its [`Authorized`] is in the error).
     pub async fn authorize_and_charge(
         &self,
         route: &Route,
@@ -279,48 +289,53 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .verify(&credential.challenge, &self.config.secret, now)?;
         let credential = credential.into_session()?;
         let challenge_id = credential.challenge.id().to_owned();
-        let (action, channel_id, voucher, tx_hash, units_charged, record) =
-            match &credential.payload {
-                SessionPayload::Open(open) => {
-                    let (outcome, tx, record) = self.open(route, open, units, now).await?;
-                    (
-                        Action::Open,
-                        open.channel_id,
-                        Some(outcome),
-                        Some(tx),
-                        units,
-                        record,
-                    )
-                }
-                SessionPayload::Voucher(payload) => {
-                    let (outcome, record) = self.voucher(route, payload, units, now).await?;
-                    (
-                        Action::Voucher,
-                        payload.channel_id,
-                        Some(outcome),
-                        None,
-                        units,
-                        record,
-                    )
-                }
-                SessionPayload::TopUp(top_up) => {
-                    let (tx, record) = self.top_up(top_up, now).await?;
-                    (Action::TopUp, top_up.channel_id, None, Some(tx), 0, record)
-                }
-                SessionPayload::Close(payload) => {
-                    let (outcome, record) = self.close(payload, now).await?;
-                    (
-                        Action::Close,
-                        payload.channel_id,
-                        Some(outcome),
-                        None,
-                        0,
-                        record,
-                    )
-                }
-            };
+        let (action, channel_id, charged, tx_hash, record) = match &credential.payload {
+            SessionPayload::Open(open) => {
+                let (charged, tx, record) = self.open(route, open, units, now).await?;
+                (
+                    Action::Open,
+                    open.channel_id,
+                    Some(charged),
+                    Some(tx),
+                    record,
+                )
+            }
+            SessionPayload::Voucher(payload) => {
+                let (charged, record) = self.voucher(route, payload, units, now).await?;
+                (
+                    Action::Voucher,
+                    payload.channel_id,
+                    Some(charged),
+                    None,
+                    record,
+                )
+            }
+            SessionPayload::TopUp(top_up) => {
+                let (tx, record) = self.top_up(top_up, now).await?;
+                (Action::TopUp, top_up.channel_id, None, Some(tx), record)
+            }
+            SessionPayload::Close(payload) => {
+                let (outcome, record) = self.close(payload, now).await?;
+                let charged = Charged {
+                    voucher: Some(outcome),
+                    refused: None,
+                };
+                (
+                    Action::Close,
+                    payload.channel_id,
+                    Some(charged),
+                    None,
+                    record,
+                )
+            }
+        };
+        let (voucher, refused) = charged.map_or((None, None), |c| (c.voucher, c.refused));
+        let units_charged = match (action, &refused) {
+            (Action::Open | Action::Voucher, None) => units,
+            _ => 0,
+        };
         let receipt = receipt_for(&record, &challenge_id, now, tx_hash)?;
-        Ok(Authorized {
+        let authorized = Authorized {
             action,
             channel_id,
             challenge_id,
@@ -329,7 +344,14 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             units_charged,
             record,
             receipt,
-        })
+        };
+        match refused {
+            None => Ok(authorized),
+            Some(source) => Err(EngineError::ChargeRefused {
+                authorized: Box::new(authorized),
+                source,
+            }),
+        }
     }
 
     /// Charges `units` of `route`'s price on `channel` against its accepted vouchers (charge
@@ -517,7 +539,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &VoucherPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(VoucherOutcome, ChannelRecord), EngineError> {
+    ) -> Result<(Charged, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         let now_ms = unix_ms(now);
         let signature = Self::parse_signature(&channel, &payload.signature)?;
@@ -542,17 +564,16 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let amount = route.price.amount;
         let committed = self
             .store
-            .update_pending(&channel, |current| {
+            .update_pending(&channel, |current| -> Result<_, EngineError> {
                 let t = session::on_voucher(current, &channel, &claim, &policy, facts, now_ms)?;
-                then_charge(t, &channel, amount, units, now_ms)
+                Ok(then_charge(t, &channel, amount, units, now_ms))
             })?
             .durable()
             .await?;
-        let outcome = committed.value?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok((outcome.unwrap_or(VoucherOutcome::Retry), record))
+        Ok((committed.value, record))
     }
 
     async fn open(
@@ -561,7 +582,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &OpenPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(VoucherOutcome, B256, ChannelRecord), EngineError> {
+    ) -> Result<(Charged, B256, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         // Everything offline first: a credential that fails here is never broadcast.
         let open: DecodedOpen =
@@ -600,7 +621,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let amount = route.price.amount;
         let committed = self
             .store
-            .update_pending(&channel, |current| {
+            .update_pending(&channel, |current| -> Result<_, EngineError> {
                 let t = session::on_open(
                     current,
                     &OpenInput {
@@ -611,21 +632,15 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                         now_ms,
                     },
                 )?;
-                then_charge(t, &channel, amount, units, now_ms)
+                Ok(then_charge(t, &channel, amount, units, now_ms))
             })?
             .durable()
             .await?;
-        // The channel is open (and stored) whatever the charge below says.
         self.index_payer(open.payer, channel);
-        let outcome = committed.value?;
         let record = committed
             .record
             .ok_or(SessionError::ChannelNotFound { channel })?;
-        Ok((
-            outcome.unwrap_or(VoucherOutcome::Retry),
-            mined.tx_hash,
-            record,
-        ))
+        Ok((committed.value, mined.tx_hash, record))
     }
 
     async fn top_up(

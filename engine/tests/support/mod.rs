@@ -10,3 +10,4 @@
 
 pub mod anvil;
 pub mod flaky_proxy;
+pub mod session;
