@@ -5,12 +5,13 @@
 //! cargo run -p sluice-engine --example provider -- \
 //!     --rpc-url http://127.0.0.1:8545 --chain-id 31337 --escrow 0x… --token 0x… \
 //!     --recipient 0x… --store ./provider-store --secret "$(openssl rand -hex 32)" \
-//!     --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:8081 --admin-token s3cret
+//!     --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:8081 --admin-token "$(openssl rand -hex 24)"
 //! ```
 //!
 //! Routes: `GET /paid` (one unit), `GET /stream?tokens=N` (one unit per token, vouchers POSTed
 //! to the same URL while the stream runs), `GET /free`. Admin (bearer token):
-//! `GET /channels/{id}`. Prints `LISTENING http://ADDR` (then `ADMIN http://ADDR`) on stdout
+//! `GET /channels/{id}` and the settlement feed `GET /feed` (token ≥ 32 characters); public:
+//! `GET /openapi.json`. Prints `LISTENING http://ADDR` (then `ADMIN http://ADDR`) on stdout
 //! once bound; stops gracefully on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
@@ -20,13 +21,15 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use futures_util::stream;
 use sluice_engine::chain::{RpcChain, RpcChainConfig, RpcUrl};
+use sluice_engine::http::feed::{FeedAuth, feed_router};
+use sluice_engine::http::openapi::{OpenApiDoc, openapi_router};
 use sluice_engine::http::{Payment, PaymentLayer, PaymentOptions, SseMeter};
 use sluice_engine::protocol::{ChallengeSecret, Timestamp};
 use sluice_engine::store::{ChannelStatus, ChannelStore, Durability, SledStore};
@@ -131,6 +134,24 @@ fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
     let stream_route = engine
         .route(price("llm_token", "stream"))
         .map_err(|e| e.to_string())?;
+    // The discovery document lists exactly the routes (and prices) the layers above charge.
+    let doc = OpenApiDoc::new("Sluice example provider", env!("CARGO_PKG_VERSION"))
+        .paid(
+            Method::GET,
+            "/paid",
+            &paid_route,
+            "A paid JSON answer (one unit per request)",
+        )
+        .and_then(|doc| {
+            doc.paid(
+                Method::GET,
+                "/stream",
+                &stream_route,
+                "A paid server-sent event stream (one unit per token)",
+            )
+        })
+        .and_then(|doc| doc.free(Method::GET, "/free", "Free content"))
+        .map_err(|e| e.to_string())?;
     let options = PaymentOptions {
         suggest_latest_channel: args.suggest_latest_channel,
         ..PaymentOptions::default()
@@ -154,11 +175,10 @@ fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
             stream_route,
             stream_options,
         ));
-    // MOUNT (branch `edge`): the discovery document, `GET /openapi.json`, from
-    // `sluice_engine::http::openapi`, listing `/paid` and `/stream` with their prices.
     Ok(Router::new()
         .merge(paid)
         .merge(streamed)
+        .merge(openapi_router(&doc))
         .route("/free", get(|| async { "free content" })))
 }
 
@@ -211,15 +231,20 @@ async fn channel(
     }
 }
 
-fn admin_app(engine: Arc<ProviderEngine>, token: &str) -> Router {
-    // MOUNT (branch `edge`): the settlement feed for the daemon, from
-    // `sluice_engine::http::feed`, behind the same bearer token.
-    Router::new()
+fn admin_app(engine: Arc<ProviderEngine>, token: &str) -> Result<Router, String> {
+    // The settlement feed for the daemon, behind the same bearer token; only ever on the admin
+    // listener.
+    let feed = feed_router(
+        Arc::clone(&engine),
+        FeedAuth::new(token).map_err(|e| format!("--admin-token: {e}"))?,
+    );
+    Ok(Router::new()
         .route("/channels/{id}", get(channel))
         .with_state(Admin {
             engine,
             token: token.into(),
         })
+        .merge(feed))
 }
 
 async fn shutdown_signal() {
@@ -278,7 +303,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("--admin-listen {listen}: {e}"))?;
             let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
             println!("ADMIN http://{admin_addr}");
-            Some((admin, admin_app(Arc::clone(&engine), token)))
+            Some((admin, admin_app(Arc::clone(&engine), token)?))
         }
         (Some(_), None) => return Err("--admin-listen needs --admin-token".into()),
         _ => None,

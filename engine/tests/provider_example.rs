@@ -15,7 +15,7 @@ use support::anvil::{CHAIN_ID, TestChain};
 use support::http::{approved_payer, challenge_of};
 
 const PRICE: u128 = 1_000;
-const ADMIN_TOKEN: &str = "admin-token-for-tests";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 
 /// The example binary next to this test's binary (`target/<profile>/examples/provider`),
 /// built with cargo first if a filtered test run did not build it.
@@ -177,6 +177,59 @@ async fn example_provider_serves_paid_free_and_admin_routes_and_stops_on_sigterm
             .status(),
         404
     );
+
+    // The settlement feed is on the admin listener only, behind the same token, and already
+    // names the channel's latest voucher.
+    let feed = format!("{}/feed", provider.admin);
+    assert_eq!(client.get(&feed).send().await.unwrap().status(), 401);
+    let page: Value = client
+        .get(&feed)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = page["entries"].as_array().expect("feed entries");
+    assert_eq!(entries.len(), 1, "{page}");
+    assert_eq!(entries[0]["channelId"], payer.channel.to_string());
+    assert_eq!(entries[0]["cumulativeAmount"], PRICE.to_string());
+    let public_feed = client
+        .get(format!("{}/feed", provider.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        public_feed.status(),
+        404,
+        "the feed must not be on the public listener"
+    );
+
+    // Discovery lists the two paid routes with their prices, and the free one.
+    let doc: Value = client
+        .get(format!("{}/openapi.json", provider.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/paid", "/stream"] {
+        let op = &doc["paths"][path]["get"];
+        assert_eq!(
+            op["x-payment-info"]["amount"],
+            PRICE.to_string(),
+            "{path}: {op}"
+        );
+        assert_eq!(op["x-payment-info"]["intent"], "session", "{path}");
+        assert!(
+            op["responses"]["402"].is_object(),
+            "{path} declares its 402"
+        );
+    }
+    assert!(doc["paths"]["/free"]["get"]["x-payment-info"].is_null());
 
     // SIGTERM: a graceful stop, exit status 0.
     let mut child = provider.child.take().expect("running");

@@ -1,6 +1,9 @@
 //! The HTTP edge: a tower [`PaymentLayer`] that gates axum routes with MPP `session` payments,
 //! the [`Payment`] extractor that hands handlers their receipt and channel, [`SseMeter`] for
-//! streams charged per event, and request-level `Idempotency-Key` support.
+//! streams charged per event, request-level `Idempotency-Key` support, and two routers to mount
+//! beside the paid routes: [`feed`] (the settlement feed for the daemon, bearer-token
+//! authenticated and cursor paged: mount it on an **admin** listener, never the public one)
+//! and [`openapi`] (`GET /openapi.json`, the discovery document of the paid operations).
 //!
 //! Per request, the layer:
 //! 1. honours `Accept-Payment` (a header that rules out `tempo/session` gets a `400`);
@@ -19,9 +22,11 @@
 //!    (`methodDetails.channelId`) when the credential names a payer the engine knows.
 
 mod extract;
+pub mod feed;
 mod future;
 mod idempotency;
 mod layer;
+pub mod openapi;
 mod problem;
 mod service;
 mod sse;
