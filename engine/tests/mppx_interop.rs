@@ -305,6 +305,7 @@ async fn mppx_client_pays_the_example_provider_end_to_end() {
     let report: Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
     assert_eq!(report["ok"], true, "{report}");
+    eprintln!("interop.mjs report: {report}");
 
     // ---- the flow steps all happened -----------------------------------------------------
     let channel: B256 = parsed(&report, "channelId");
