@@ -90,9 +90,9 @@ fn pseudo_random_action_sequences_hold_the_invariants() {
     };
     for _ in 0..256 {
         let len = 16 + (next() % 240) as usize;
-        // Memory store only here (bit 0 clear): sled restarts are covered by the seeds.
+        // Memory store only here: sled restarts are covered by the seeds.
         let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        bytes[0] &= !1;
+        bytes[0] &= !session_actions::SLED_FLAGS;
         session_actions::do_test(&bytes);
         // And the same actions after a fixed opening, so most sequences act on live channels.
         let opened = Script::new(bytes[0], 7)
