@@ -1,0 +1,223 @@
+use super::*;
+
+fn id(n: u8) -> ChannelId {
+    B256::repeat_byte(n)
+}
+
+fn voucher(amount: u128, sig: u8) -> Voucher {
+    Voucher {
+        amount,
+        signature: [sig; SIGNATURE_LEN],
+    }
+}
+
+fn submission(amount: u128, nonce: u64) -> Submission {
+    Submission {
+        kind: SubmissionKind::Settle,
+        tx_hash: B256::repeat_byte(0xee),
+        nonce,
+        amount,
+        submitted_at: 1_700_000_000,
+    }
+}
+
+#[test]
+fn a_fresh_database_starts_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.feed_cursor().unwrap(), 0);
+    assert_eq!(state.last_block().unwrap(), 0);
+    assert_eq!(state.voucher(&id(1)).unwrap(), None);
+    assert_eq!(state.submission(&id(1)).unwrap(), None);
+    assert!(state.submissions().unwrap().is_empty());
+}
+
+#[test]
+fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut state = DaemonState::open(dir.path()).unwrap();
+        state
+            .apply_feed_page(&[(id(1), voucher(500, 1)), (id(2), voucher(70, 2))], 41)
+            .unwrap();
+        state.set_last_block(1234).unwrap();
+        state.record_submission(&id(1), submission(500, 9)).unwrap();
+        let close = Submission {
+            kind: SubmissionKind::Close,
+            ..submission(70, 10)
+        };
+        state.record_submission(&id(2), close).unwrap();
+        state.clear_submission(&id(2)).unwrap();
+    }
+    let state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.feed_cursor().unwrap(), 41);
+    assert_eq!(state.last_block().unwrap(), 1234);
+    assert_eq!(state.voucher(&id(1)).unwrap(), Some(voucher(500, 1)));
+    assert_eq!(state.voucher(&id(2)).unwrap(), Some(voucher(70, 2)));
+    assert_eq!(
+        state.submissions().unwrap(),
+        vec![(id(1), submission(500, 9))]
+    );
+    assert_eq!(state.submission(&id(2)).unwrap(), None);
+}
+
+#[test]
+fn vouchers_only_grow_even_within_one_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    state
+        .apply_feed_page(&[(id(1), voucher(500, 1))], 1)
+        .unwrap();
+    state
+        .apply_feed_page(
+            &[
+                (id(1), voucher(400, 2)),
+                (id(1), voucher(600, 3)),
+                (id(1), voucher(550, 4)),
+            ],
+            2,
+        )
+        .unwrap();
+    assert_eq!(state.voucher(&id(1)).unwrap(), Some(voucher(600, 3)));
+    // An equal amount does not replace the stored signature either.
+    state
+        .apply_feed_page(&[(id(1), voucher(600, 5))], 3)
+        .unwrap();
+    assert_eq!(state.voucher(&id(1)).unwrap(), Some(voucher(600, 3)));
+    assert_eq!(state.feed_cursor().unwrap(), 3);
+}
+
+#[test]
+fn regressions_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    state
+        .apply_feed_page(&[(id(1), voucher(500, 1))], 10)
+        .unwrap();
+    state.set_last_block(100).unwrap();
+    state.record_submission(&id(1), submission(500, 3)).unwrap();
+
+    let err = state
+        .apply_feed_page(&[(id(1), voucher(900, 2))], 9)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StateError::CursorRegression {
+            stored: 10,
+            proposed: 9
+        }
+    ));
+    assert_eq!(
+        state.voucher(&id(1)).unwrap(),
+        Some(voucher(500, 1)),
+        "page not applied"
+    );
+    assert!(matches!(
+        state.set_last_block(99),
+        Err(StateError::BlockRegression {
+            stored: 100,
+            proposed: 99
+        })
+    ));
+    assert!(matches!(
+        state.record_submission(&id(1), submission(499, 4)),
+        Err(StateError::SubmissionRegression {
+            recorded: 500,
+            proposed: 499,
+            ..
+        })
+    ));
+    assert_eq!(state.submission(&id(1)).unwrap(), Some(submission(500, 3)));
+    assert_eq!(
+        (state.feed_cursor().unwrap(), state.last_block().unwrap()),
+        (10, 100)
+    );
+
+    // Same values again are fine (idempotent replays), as is a replacement at the same amount.
+    state.apply_feed_page(&[], 10).unwrap();
+    state.set_last_block(100).unwrap();
+    let replacement = Submission {
+        tx_hash: B256::repeat_byte(0xef),
+        ..submission(500, 3)
+    };
+    state.record_submission(&id(1), replacement).unwrap();
+    assert_eq!(state.submission(&id(1)).unwrap(), Some(replacement));
+}
+
+#[test]
+fn corrupt_entries_and_foreign_formats_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let state = DaemonState::open(dir.path()).unwrap();
+        state
+            .tree
+            .insert(key(PREFIX_VOUCHER, &id(1)), &[1u8, 2, 3][..])
+            .unwrap();
+        let mut bad_kind = encode_submission(&submission(5, 1));
+        bad_kind[1] = 7;
+        state
+            .tree
+            .insert(key(PREFIX_SUBMISSION, &id(2)), &bad_kind[..])
+            .unwrap();
+        state.tree.insert(KEY_CURSOR, &[0u8; 3][..]).unwrap();
+        assert!(matches!(
+            state.voucher(&id(1)),
+            Err(StateError::Corrupt {
+                what: "voucher",
+                len: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            state.submission(&id(2)),
+            Err(StateError::Corrupt {
+                what: "submission",
+                ..
+            })
+        ));
+        assert!(matches!(
+            state.submissions(),
+            Err(StateError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            state.feed_cursor(),
+            Err(StateError::Corrupt {
+                what: "feed cursor",
+                ..
+            })
+        ));
+        state.tree.insert(KEY_FORMAT, &[2u8][..]).unwrap();
+        state.flush().unwrap();
+    }
+    assert!(matches!(
+        DaemonState::open(dir.path()),
+        Err(StateError::Format {
+            found: 2,
+            supported: FORMAT
+        })
+    ));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = DaemonState::open(dir.path()).unwrap();
+    assert!(matches!(
+        DaemonState::open(dir.path()),
+        Err(StateError::Db(_))
+    ));
+}
+
+#[test]
+fn codecs_round_trip() {
+    let s = Submission {
+        kind: SubmissionKind::Close,
+        tx_hash: B256::repeat_byte(3),
+        nonce: u64::MAX,
+        amount: u128::MAX,
+        submitted_at: 7,
+    };
+    assert_eq!(decode_submission(&encode_submission(&s)), Some(s));
+    let v = voucher(u128::MAX, 0xab);
+    assert_eq!(decode_voucher(&encode_voucher(&v)), Some(v));
+}
