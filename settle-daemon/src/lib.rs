@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod feed_client;
 pub mod policy;
 pub mod state;
