@@ -84,6 +84,8 @@ pub struct FeedEntry {
     pub payee: Address,
     /// Chain fact: the token.
     pub token: Address,
+    /// Chain fact: the authorized voucher signer (zero means the payer signs).
+    pub authorized_signer: Address,
     /// Chain fact: the deposit as last seen.
     pub deposit: u128,
     /// Chain fact: the settled amount as last seen.
@@ -104,6 +106,7 @@ impl FeedEntry {
             payer: record.payer,
             payee: record.payee,
             token: record.token,
+            authorized_signer: record.authorized_signer,
             deposit: record.deposit,
             settled: record.settled,
             close_requested_at: record.close_requested_at,
@@ -243,6 +246,7 @@ impl StoredVoucher {
             payer: record.payer,
             payee: record.payee,
             token: record.token,
+            authorized_signer: record.authorized_signer,
             deposit: record.deposit,
             settled: record.settled,
             close_requested_at: record.close_requested_at,

@@ -62,6 +62,29 @@ pub enum EngineError {
     /// The store shut down while a caller waited for a channel to change.
     #[error("the channel store shut down")]
     StoreShutDown,
+    /// An `Idempotency-Key` header value is not a valid key.
+    #[error("invalid Idempotency-Key ({len} bytes): {reason}")]
+    InvalidIdempotencyKey {
+        /// Its length in bytes.
+        len: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An `Idempotency-Key` already recorded an outcome for a different request on this
+    /// channel.
+    #[error("channel {channel}: Idempotency-Key {key:?} was used for a different request")]
+    IdempotencyKeyReused {
+        /// The channel.
+        channel: ChannelId,
+        /// The key.
+        key: String,
+    },
+    /// A recorded idempotency outcome could not be read back.
+    #[error("channel {channel}: a recorded idempotency outcome is corrupt")]
+    CorruptIdempotencyRecord {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The engine's configuration (or a route's) is invalid.
     #[error("invalid engine configuration `{field}`: {reason}")]
     InvalidConfig {
@@ -91,9 +114,14 @@ impl EngineError {
             {
                 ProblemKind::VerificationFailed
             }
-            Self::Chain(_) | Self::Store(_) | Self::StoreShutDown | Self::InvalidConfig { .. } => {
-                ProblemKind::InternalPaymentError
+            Self::InvalidIdempotencyKey { .. } | Self::IdempotencyKeyReused { .. } => {
+                ProblemKind::BadRequest
             }
+            Self::Chain(_)
+            | Self::Store(_)
+            | Self::StoreShutDown
+            | Self::InvalidConfig { .. }
+            | Self::CorruptIdempotencyRecord { .. } => ProblemKind::InternalPaymentError,
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod config;
 mod error;
+mod idempotency;
 mod signer_cache;
 
 use std::collections::HashMap;
@@ -25,6 +26,10 @@ pub use config::{
     Route, RoutePrice,
 };
 pub use error::EngineError;
+pub use idempotency::{
+    DEFAULT_IDEMPOTENCY_RETENTION, IdempotencyKey, IdempotentOutcome, IdempotentRequest,
+    MAX_IDEMPOTENCY_KEY_LEN, RecordedOutcome,
+};
 use signer_cache::SignerCache;
 
 use crate::chain::{ChainClient, OnChainChannel, needs_refresh};
@@ -36,7 +41,7 @@ use crate::session::{
     self, DecodedOpen, EscrowTerms, OpenInput, SessionError, SignatureCheck, TopUpInput,
     Transition, VoucherClaim, VoucherOutcome,
 };
-use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore};
+use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore, Current};
 
 /// Which session action a credential carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +90,7 @@ pub struct Engine<S, C> {
     chain: C,
     signers: SignerCache,
     payers: RwLock<HashMap<Address, ChannelId>>,
+    latest_opened: RwLock<Option<ChannelId>>,
 }
 
 impl<S, C> std::fmt::Debug for Engine<S, C> {
@@ -135,26 +141,109 @@ struct Charged {
 /// A valid credential is kept even when the charge that came with it is refused (as mppx does:
 /// a voucher is money the payer signed, an open is a channel on chain); the refusal is handed
 /// back as the update's value.
+///
+/// With a [`Recording`], a successful charge also records the request's outcome under its
+/// idempotency key, in the same change.
 fn then_charge(
     transition: Transition,
     channel: &ChannelId,
     amount: u128,
     units: u64,
     now_ms: u64,
-) -> Change<Charged> {
+    recording: Option<&Recording<'_>>,
+) -> Result<Change<Step>, EngineError> {
     let (record, write, refused) =
         match session::charge(Some(&transition.record), channel, amount, units, now_ms) {
             Ok(charged) => (charged.record, transition.write || charged.write, None),
             Err(refused) => (transition.record, transition.write, Some(refused)),
         };
-    let value = Charged {
+    // Only a charge is recorded: a refused or free request has nothing to protect.
+    let aux = match recording {
+        Some(recording) if units > 0 && refused.is_none() => {
+            let receipt = receipt_for(
+                &record,
+                recording.challenge_id,
+                recording.now,
+                recording.tx_hash,
+            )?;
+            Some((
+                recording.store_key.clone(),
+                recording.request.entry(&receipt),
+            ))
+        }
+        _ => None,
+    };
+    let value = Step::Charged(Charged {
         voucher: transition.voucher,
         refused,
-    };
-    if write {
+    });
+    let change = if write {
         Change::write(record, value)
     } else {
         Change::keep(value)
+    };
+    Ok(match aux {
+        Some((key, entry)) => change.with_aux(key, entry),
+        None => change,
+    })
+}
+
+/// What a charging update decided: a charge (or its refusal), or the replay of an outcome
+/// recorded under the request's idempotency key.
+enum Step {
+    Charged(Charged),
+    Replayed(RecordedOutcome),
+}
+
+/// Records a charged request's outcome under its idempotency key, in the charge's update.
+struct Recording<'a> {
+    request: &'a IdempotentRequest,
+    store_key: Vec<u8>,
+    challenge_id: &'a str,
+    now: Timestamp,
+    tx_hash: Option<B256>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(
+        request: Option<&'a IdempotentRequest>,
+        channel: &ChannelId,
+        challenge_id: &'a str,
+        now: Timestamp,
+        tx_hash: Option<B256>,
+    ) -> Option<Self> {
+        request.map(|request| Self {
+            store_key: request.store_key(channel),
+            request,
+            challenge_id,
+            now,
+            tx_hash,
+        })
+    }
+
+    /// The replay of an outcome already recorded under the key, if there is one.
+    fn replay(
+        &self,
+        channel: &ChannelId,
+        current: &Current<'_>,
+    ) -> Result<Option<Change<Step>>, EngineError> {
+        match current.aux {
+            Some(entry) => Ok(Some(Change::keep(Step::Replayed(
+                self.request.replay(channel, entry)?,
+            )))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The authorization of a request without an idempotency key (which never replays).
+fn fresh(outcome: IdempotentOutcome) -> Result<Authorized, EngineError> {
+    match outcome {
+        IdempotentOutcome::Fresh(authorized) => Ok(*authorized),
+        IdempotentOutcome::Replayed(_) => Err(EngineError::InvalidConfig {
+            field: "idempotency",
+            reason: "a replay without an idempotency key".into(),
+        }),
     }
 }
 
@@ -192,6 +281,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             domain: VoucherDomain::tempo_v1(config.chain_id, config.escrow),
             signers: SignerCache::new(config.signer_cache_capacity),
             payers: RwLock::new(HashMap::new()),
+            latest_opened: RwLock::new(None),
             config,
             store,
             chain,
@@ -256,7 +346,28 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         authorization: &str,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
-        self.authorize_inner(route, authorization, 0, now).await
+        fresh(
+            self.authorize_recorded(route, authorization, 0, now, None, false)
+                .await?,
+        )
+    }
+
+    /// [`authorize`](Self::authorize) for a management request (HEAD, empty POST), where a
+    /// `voucher` or `close` credential is also accepted on an **expired** challenge (its HMAC
+    /// and the route's pinned fields are still checked): the mppx v1 client reuses the stream's
+    /// challenge for mid-stream vouchers and its last challenge for the close. Nothing is
+    /// charged here and vouchers are cumulative, so replaying one gains nothing. `open` and
+    /// `topUp` still need a live challenge.
+    pub async fn authorize_management(
+        &self,
+        route: &Route,
+        authorization: &str,
+        now: Timestamp,
+    ) -> Result<Authorized, EngineError> {
+        fresh(
+            self.authorize_recorded(route, authorization, 0, now, None, true)
+                .await?,
+        )
     }
 
     /// Verifies a credential and charges `units` of the route's price in the same store update
@@ -273,25 +384,76 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         units: u64,
         now: Timestamp,
     ) -> Result<Authorized, EngineError> {
-        self.authorize_inner(route, authorization, units, now).await
+        fresh(
+            self.authorize_recorded(route, authorization, units, now, None, false)
+                .await?,
+        )
     }
 
-    async fn authorize_inner(
+    /// [`authorize_and_charge`](Self::authorize_and_charge) with a request-level idempotency
+    /// key: the first request's outcome (status and receipt) is recorded in the **same store
+    /// update** as its charge; a later request with the same key on the same channel charges
+    /// nothing and gets [`IdempotentOutcome::Replayed`] with the recorded outcome. The same key
+    /// for a different request (another fingerprint) is refused with
+    /// [`EngineError::IdempotencyKeyReused`].
+    ///
+    /// The credential is verified in full either way. Only charged content requests record an
+    /// outcome (`topUp`, `close`, refused and zero-unit requests are not). Recorded outcomes stay
+    /// until [`prune_idempotency`](Self::prune_idempotency) removes them after
+    /// `request.expires_at_ms`.
+    pub async fn authorize_and_charge_idempotent(
         &self,
         route: &Route,
         authorization: &str,
         units: u64,
         now: Timestamp,
-    ) -> Result<Authorized, EngineError> {
+        request: &IdempotentRequest,
+    ) -> Result<IdempotentOutcome, EngineError> {
+        self.authorize_recorded(route, authorization, units, now, Some(request), false)
+            .await
+    }
+
+    /// Removes recorded idempotency outcomes whose retention ended before `now`; returns how
+    /// many were removed. Run it periodically (the example provider runs it hourly).
+    pub fn prune_idempotency(&self, now: Timestamp) -> Result<usize, EngineError> {
+        Ok(self.store.prune_aux(unix_ms(now))?)
+    }
+
+    async fn authorize_recorded(
+        &self,
+        route: &Route,
+        authorization: &str,
+        units: u64,
+        now: Timestamp,
+        idempotent: Option<&IdempotentRequest>,
+        management: bool,
+    ) -> Result<IdempotentOutcome, EngineError> {
         let credential = parse_authorization(authorization)?;
+        let replay_safe = management
+            && matches!(
+                credential.payload.get("action").and_then(|a| a.as_str()),
+                Some("voucher" | "close")
+            );
+        // A replay-safe credential is judged as of its challenge's expiry at the latest, so
+        // every check but the expiry still applies (a missing or malformed `expires` fails).
+        let verify_at = match credential.challenge.expires_at() {
+            Ok(expires) if replay_safe && expires < now => expires,
+            _ => now,
+        };
         route
             .session
-            .verify(&credential.challenge, &self.config.secret, now)?;
+            .verify(&credential.challenge, &self.config.secret, verify_at)?;
         let credential = credential.into_session()?;
         let challenge_id = credential.challenge.id().to_owned();
         let (action, channel_id, charged, tx_hash, record) = match &credential.payload {
             SessionPayload::Open(open) => {
-                let (charged, tx, record) = self.open(route, open, units, now).await?;
+                let (step, tx, record) = self
+                    .open(route, open, units, now, idempotent, &challenge_id)
+                    .await?;
+                let charged = match step {
+                    Step::Charged(charged) => charged,
+                    Step::Replayed(outcome) => return Ok(IdempotentOutcome::Replayed(outcome)),
+                };
                 (
                     Action::Open,
                     open.channel_id,
@@ -301,7 +463,13 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                 )
             }
             SessionPayload::Voucher(payload) => {
-                let (charged, record) = self.voucher(route, payload, units, now).await?;
+                let (step, record) = self
+                    .voucher(route, payload, units, now, idempotent, &challenge_id)
+                    .await?;
+                let charged = match step {
+                    Step::Charged(charged) => charged,
+                    Step::Replayed(outcome) => return Ok(IdempotentOutcome::Replayed(outcome)),
+                };
                 (
                     Action::Voucher,
                     payload.channel_id,
@@ -346,7 +514,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             receipt,
         };
         match refused {
-            None => Ok(authorized),
+            None => Ok(IdempotentOutcome::Fresh(Box::new(authorized))),
             Some(source) => Err(EngineError::ChargeRefused {
                 authorized: Box::new(authorized),
                 source,
@@ -483,6 +651,30 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(payer, channel);
+        *self
+            .latest_opened
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(channel);
+    }
+
+    /// The channel most recently opened through this engine, if it still takes vouchers.
+    ///
+    /// For single-payer deployments (demos, the mppx interop test): an unauthenticated request
+    /// says nothing about its payer, so the only channel a server can suggest to it is this one.
+    /// Never suggest it on a server shared by several payers (it names another payer's channel).
+    pub fn latest_opened_channel(&self) -> Result<Option<ChannelId>, EngineError> {
+        let latest = *self
+            .latest_opened
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(channel) = latest else {
+            return Ok(None);
+        };
+        let usable = self
+            .store
+            .get(&channel)?
+            .is_some_and(|record| session::require_open(&record, false).is_ok());
+        Ok(usable.then_some(channel))
     }
 
     /// Checks `signature` over (`channel`, `amount`) against `signer`, with the signer's cached
@@ -541,7 +733,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &VoucherPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(Charged, ChannelRecord), EngineError> {
+        idempotent: Option<&IdempotentRequest>,
+        challenge_id: &str,
+    ) -> Result<(Step, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         let now_ms = unix_ms(now);
         let signature = Self::parse_signature(&channel, &payload.signature)?;
@@ -564,11 +758,19 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             }
         }
         let amount = route.price.amount;
+        let recording = Recording::new(idempotent, &channel, challenge_id, now, None);
+        let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .update_pending(&channel, |current| -> Result<_, EngineError> {
-                let t = session::on_voucher(current, &channel, &claim, &policy, facts, now_ms)?;
-                Ok(then_charge(t, &channel, amount, units, now_ms))
+            .apply(&channel, aux_key, |current| -> Result<_, EngineError> {
+                if let Some(recording) = &recording
+                    && let Some(replay) = recording.replay(&channel, &current)?
+                {
+                    return Ok(replay);
+                }
+                let t =
+                    session::on_voucher(current.record, &channel, &claim, &policy, facts, now_ms)?;
+                then_charge(t, &channel, amount, units, now_ms, recording.as_ref())
             })?
             .durable()
             .await?;
@@ -584,7 +786,9 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         payload: &OpenPayload,
         units: u64,
         now: Timestamp,
-    ) -> Result<(Charged, B256, ChannelRecord), EngineError> {
+        idempotent: Option<&IdempotentRequest>,
+        challenge_id: &str,
+    ) -> Result<(Step, B256, ChannelRecord), EngineError> {
         let channel = payload.channel_id;
         // Everything offline first: a credential that fails here is never broadcast.
         let open: DecodedOpen =
@@ -621,11 +825,19 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         let now_ms = unix_ms(now);
         let (facts, read_at) = self.read_chain(&channel, now_ms).await?;
         let amount = route.price.amount;
+        let recording =
+            Recording::new(idempotent, &channel, challenge_id, now, Some(mined.tx_hash));
+        let aux_key = recording.as_ref().map(|r| r.store_key.as_slice());
         let committed = self
             .store
-            .update_pending(&channel, |current| -> Result<_, EngineError> {
+            .apply(&channel, aux_key, |current| -> Result<_, EngineError> {
+                if let Some(recording) = &recording
+                    && let Some(replay) = recording.replay(&channel, &current)?
+                {
+                    return Ok(replay);
+                }
                 let t = session::on_open(
-                    current,
+                    current.record,
                     &OpenInput {
                         open: &open,
                         chain: &facts,
@@ -634,7 +846,7 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
                         now_ms,
                     },
                 )?;
-                Ok(then_charge(t, &channel, amount, units, now_ms))
+                then_charge(t, &channel, amount, units, now_ms, recording.as_ref())
             })?
             .durable()
             .await?;

@@ -10,4 +10,5 @@
 
 pub mod anvil;
 pub mod flaky_proxy;
+pub mod http;
 pub mod session;

@@ -1,0 +1,362 @@
+//! An example paid API: a paid JSON route, a metered SSE route and a free route, gated by the
+//! engine's [`PaymentLayer`], plus an admin listener with channel introspection.
+//!
+//! ```text
+//! cargo run -p sluice-engine --example provider -- \
+//!     --rpc-url http://127.0.0.1:8545 --chain-id 31337 --escrow 0x… --token 0x… \
+//!     --recipient 0x… --store ./provider-store --secret "$(openssl rand -hex 32)" \
+//!     --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:8081 --admin-token "$(openssl rand -hex 24)"
+//! ```
+//!
+//! Routes: `GET /paid` (one unit), `GET /stream?tokens=N` (one unit per token, vouchers POSTed
+//! to the same URL while the stream runs), `GET /free`. Admin (bearer token):
+//! `GET /channels/{id}` and the settlement feed `GET /feed` (token ≥ 32 characters); public:
+//! `GET /openapi.json`. Prints `LISTENING http://ADDR` (then `ADMIN http://ADDR`) on stdout
+//! once bound; stops gracefully on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use futures_util::stream;
+use sluice_engine::chain::{RpcChain, RpcChainConfig, RpcUrl};
+use sluice_engine::http::feed::{FeedAuth, feed_router};
+use sluice_engine::http::openapi::{OpenApiDoc, openapi_router};
+use sluice_engine::http::{Payment, PaymentLayer, PaymentOptions, SseMeter};
+use sluice_engine::protocol::{ChallengeSecret, Timestamp};
+use sluice_engine::store::{ChannelStatus, ChannelStore, Durability, SledStore};
+use sluice_engine::{Engine, EngineConfig, RoutePrice};
+use subtle::ConstantTimeEq;
+
+type ProviderEngine = Engine<SledStore, RpcChain>;
+
+/// Flags (each also read from the environment variable named in its help).
+#[derive(Parser, Debug)]
+#[command(
+    name = "provider",
+    about = "Sluice example provider: a paid API on MPP sessions"
+)]
+struct Args {
+    /// Public listen address (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// JSON-RPC endpoint of the chain.
+    #[arg(long, env = "SLUICE_RPC_URL")]
+    rpc_url: RpcUrl,
+    /// Chain id.
+    #[arg(long, env = "SLUICE_CHAIN_ID")]
+    chain_id: u64,
+    /// Escrow contract.
+    #[arg(long, env = "SLUICE_ESCROW")]
+    escrow: Address,
+    /// Token every channel must hold.
+    #[arg(long, env = "SLUICE_TOKEN")]
+    token: Address,
+    /// Payee every channel must pay.
+    #[arg(long, env = "SLUICE_RECIPIENT")]
+    recipient: Address,
+    /// Directory of the channel store (sled).
+    #[arg(long, env = "SLUICE_STORE")]
+    store: PathBuf,
+    /// Challenge-binding secret, at least 32 bytes.
+    #[arg(long, env = "SLUICE_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Price of one unit (a `/paid` request, a streamed token), in token base units.
+    #[arg(long, env = "SLUICE_PRICE", default_value_t = 1_000)]
+    price: u128,
+    /// Smallest voucher increase accepted (must not exceed the price for mppx clients).
+    #[arg(long, env = "SLUICE_MIN_VOUCHER_DELTA")]
+    min_voucher_delta: Option<u128>,
+    /// Deposit suggested to new payers.
+    #[arg(long, env = "SLUICE_SUGGESTED_DEPOSIT")]
+    suggested_deposit: Option<u128>,
+    /// Realm written into challenges.
+    #[arg(long, env = "SLUICE_REALM", default_value = "localhost")]
+    realm: String,
+    /// How long a paused stream waits for a voucher, in milliseconds.
+    #[arg(long, env = "SLUICE_STREAM_WAIT_MS", default_value_t = 60_000)]
+    stream_wait_ms: u64,
+    /// Suggest the latest opened channel to requests without a credential (single-payer demos
+    /// and the mppx interop test only).
+    #[arg(long, env = "SLUICE_SUGGEST_LATEST_CHANNEL")]
+    suggest_latest_channel: bool,
+    /// Admin listen address (channel introspection, settlement feed).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin listener.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamQuery {
+    tokens: Option<u32>,
+}
+
+/// The most tokens one stream serves.
+const MAX_TOKENS: u32 = 100_000;
+/// How often expired idempotency outcomes are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+async fn paid(payment: Payment) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "answer": "paid content",
+        "channelId": payment.channel_id.to_string(),
+        "unitsCharged": payment.units_charged,
+    }))
+}
+
+async fn stream_tokens(meter: SseMeter, Query(query): Query<StreamQuery>) -> Response {
+    let tokens = query.tokens.unwrap_or(10).min(MAX_TOKENS);
+    meter.stream(stream::iter((0..tokens).map(|i| format!("token {i}"))))
+}
+
+fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
+    let price = |unit: &str, route_id: &str| RoutePrice {
+        amount: args.price,
+        unit_type: unit.into(),
+        description: None,
+        suggested_deposit: args.suggested_deposit,
+        min_voucher_delta: args.min_voucher_delta,
+        route_id: Some(route_id.into()),
+    };
+    let paid_route = engine
+        .route(price("request", "paid"))
+        .map_err(|e| e.to_string())?;
+    let stream_route = engine
+        .route(price("llm_token", "stream"))
+        .map_err(|e| e.to_string())?;
+    // The discovery document lists exactly the routes (and prices) the layers above charge.
+    let doc = OpenApiDoc::new("Sluice example provider", env!("CARGO_PKG_VERSION"))
+        .paid(
+            Method::GET,
+            "/paid",
+            &paid_route,
+            "A paid JSON answer (one unit per request)",
+        )
+        .and_then(|doc| {
+            doc.paid(
+                Method::GET,
+                "/stream",
+                &stream_route,
+                "A paid server-sent event stream (one unit per token)",
+            )
+        })
+        .and_then(|doc| doc.free(Method::GET, "/free", "Free content"))
+        .map_err(|e| e.to_string())?;
+    let options = PaymentOptions {
+        suggest_latest_channel: args.suggest_latest_channel,
+        ..PaymentOptions::default()
+    };
+    let stream_options = PaymentOptions {
+        units_per_request: 0,
+        stream_voucher_wait: Duration::from_millis(args.stream_wait_ms),
+        ..options.clone()
+    };
+    let paid = Router::new()
+        .route("/paid", get(paid).post(paid))
+        .route_layer(PaymentLayer::with_options(
+            Arc::clone(engine),
+            paid_route,
+            options,
+        ));
+    let streamed = Router::new()
+        .route("/stream", get(stream_tokens).post(stream_tokens))
+        .route_layer(PaymentLayer::with_options(
+            Arc::clone(engine),
+            stream_route,
+            stream_options,
+        ));
+    Ok(Router::new()
+        .merge(paid)
+        .merge(streamed)
+        .merge(openapi_router(&doc))
+        .route("/free", get(|| async { "free content" })))
+}
+
+#[derive(Clone)]
+struct Admin {
+    engine: Arc<ProviderEngine>,
+    token: Arc<str>,
+}
+
+fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    bool::from(given.as_bytes().ct_eq(admin.token.as_bytes()))
+}
+
+/// `GET /channels/{id}`: the engine's view of one channel.
+async fn channel(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&admin, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(id) = id.parse::<B256>() else {
+        return (StatusCode::BAD_REQUEST, "channel id must be 0x + 64 hex").into_response();
+    };
+    match admin.engine.channel(&id) {
+        Ok(Some(record)) => Json(serde_json::json!({
+            "channelId": record.channel_id.to_string(),
+            "acceptedCumulative": record.accepted_cumulative.to_string(),
+            "spent": record.spent.to_string(),
+            "units": record.units,
+            "deposit": record.deposit.to_string(),
+            "settled": record.settled.to_string(),
+            "status": match record.status {
+                ChannelStatus::Opening => "opening",
+                ChannelStatus::Open => "open",
+                ChannelStatus::Closing => "closing",
+                ChannelStatus::Closed => "closed",
+            },
+            "finalized": record.finalized,
+        }))
+        .into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn admin_app(engine: Arc<ProviderEngine>, token: &str) -> Result<Router, String> {
+    // The settlement feed for the daemon, behind the same bearer token; only ever on the admin
+    // listener.
+    let feed = feed_router(
+        Arc::clone(&engine),
+        FeedAuth::new(token).map_err(|e| format!("--admin-token: {e}"))?,
+    );
+    Ok(Router::new()
+        .route("/channels/{id}", get(channel))
+        .with_state(Admin {
+            engine,
+            token: token.into(),
+        })
+        .merge(feed))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let secret = ChallengeSecret::new(&args.secret).map_err(|e| format!("--secret: {e}"))?;
+    let store = SledStore::open(&args.store, Durability::default())
+        .map_err(|e| format!("--store {}: {e}", args.store.display()))?;
+    let chain = RpcChain::connect(RpcChainConfig::new(
+        args.rpc_url.clone(),
+        args.escrow,
+        args.chain_id,
+    ))
+    .await
+    .map_err(|e| format!("--rpc-url: {e}"))?;
+    let config = EngineConfig::new(
+        args.realm.clone(),
+        secret,
+        args.chain_id,
+        args.escrow,
+        args.recipient,
+        args.token,
+    );
+    let engine = Arc::new(Engine::new(config, store, chain).map_err(|e| e.to_string())?);
+    engine.rebuild_payer_index().map_err(|e| e.to_string())?;
+    let app = app(&engine, &args)?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("LISTENING http://{addr}");
+    let admin = match (args.admin_listen, &args.admin_token) {
+        (Some(listen), Some(token)) => {
+            let admin = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("--admin-listen {listen}: {e}"))?;
+            let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+            println!("ADMIN http://{admin_addr}");
+            Some((admin, admin_app(Arc::clone(&engine), token)?))
+        }
+        (Some(_), None) => return Err("--admin-listen needs --admin-token".into()),
+        _ => None,
+    };
+
+    let pruner = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                let now = Timestamp::from_system_time(std::time::SystemTime::now());
+                if let Some(now) = now
+                    && let Err(error) = engine.prune_idempotency(now)
+                {
+                    eprintln!("pruning idempotency outcomes failed: {error}");
+                }
+            }
+        })
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|(listener, app)| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+        })
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = stop.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    pruner.abort();
+    engine.store().sync().map_err(|e| e.to_string())?;
+    served.map_err(|e| e.to_string())?;
+    eprintln!("provider stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("provider: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
