@@ -327,6 +327,9 @@ struct World {
     report: Report,
 }
 
+/// Signatures by (channel, amount, signer).
+type SignatureCache = HashMap<(B256, u128, Address), [u8; 65]>;
+
 /// Signature variants, by bits 4-6 of the opcode.
 const VALID: [u8; 3] = [0, 1, 2];
 const STORED: u8 = 3;
@@ -358,7 +361,7 @@ impl World {
         };
         // Signing dominates a run; signatures are deterministic (RFC 6979), so they are cached
         // across runs, in a bounded map.
-        static CACHE: OnceLock<Mutex<HashMap<(B256, u128, Address), [u8; 65]>>> = OnceLock::new();
+        static CACHE: OnceLock<Mutex<SignatureCache>> = OnceLock::new();
         let signer = address_of(key.verifying_key());
         let mut cache = CACHE
             .get_or_init(Default::default)
