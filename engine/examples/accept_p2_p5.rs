@@ -18,7 +18,7 @@
 //! `Durability::None` and one final sync and is timed on its own.
 //!
 //! ```text
-//! cargo run --release -p sluice-engine --example accept_p2_p5 -- [large] [rounds] [active]
+//! cargo run --release -p sluice-engine --example accept_p2_p5 -- [large] [rounds] [active] [group|none]
 //! cargo run --release -p sluice-engine --example accept_p2_p5 -- 1000000 20 1000
 //! ```
 
@@ -249,6 +249,12 @@ fn main() {
     let large: u64 = args.next().map_or(200_000, |s| s.parse().expect("large"));
     let rounds: usize = args.next().map_or(20, |s| s.parse().expect("rounds"));
     let active: usize = args.next().map_or(1_000, |s| s.parse().expect("active"));
+    // `none` runs the accept rounds without flushing (to separate the flush cost).
+    let durability = match args.next().as_deref() {
+        None | Some("group") => Durability::default(),
+        Some("none") => Durability::None,
+        Some(other) => panic!("durability must be `group` or `none`, not {other}"),
+    };
 
     let payer_key = SigningKey::from_slice(&[0x42; 32]).expect("key");
     let payer = address_of(payer_key.verifying_key());
@@ -320,10 +326,7 @@ fn main() {
     );
 
     let open = |path: &Path| {
-        Arc::new(
-            SledStore::open_with(SledOptions::new(path).durability(Durability::default()))
-                .expect("open"),
-        )
+        Arc::new(SledStore::open_with(SledOptions::new(path).durability(durability)).expect("open"))
     };
     let rss_before_open = rss_bytes();
     let small = open(&small_path);
@@ -393,7 +396,7 @@ fn main() {
 
     println!(
         "{active} active channels, {rounds} rounds of one voucher per active channel, \
-         {TASKS} tasks on 2 tokio workers, sled group commit (max_delay 0)\n"
+         {TASKS} tasks on 2 tokio workers, sled durability {durability:?}\n"
     );
     println!("### P2\n");
     println!("| path | median vouchers/s | median per-round ratio to pure |");
