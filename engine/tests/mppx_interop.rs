@@ -51,26 +51,6 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The example binary next to this test's binary, built with cargo first if a filtered test run
-/// did not build it.
-fn provider_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("provider");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sluice-engine", "--example", "provider"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the example");
-    }
-    binary
-}
-
 /// The provider process and its stderr log. Kills the process when dropped, and prints the log
 /// if the test is failing.
 struct ProviderProcess {
@@ -83,7 +63,7 @@ struct ProviderProcess {
 impl ProviderProcess {
     fn start(chain: &TestChain, dir: &Path, payee: Address) -> Self {
         let stderr_log = dir.join("provider.stderr");
-        let mut child = Command::new(provider_binary())
+        let mut child = Command::new(support::provider::provider_binary())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--admin-token", ADMIN_TOKEN])
             .args(["--rpc-url", chain.rpc_url().as_str()])

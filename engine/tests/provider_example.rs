@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -16,26 +15,6 @@ use support::http::{approved_payer, challenge_of};
 
 const PRICE: u128 = 1_000;
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
-
-/// The example binary next to this test's binary (`target/<profile>/examples/provider`),
-/// built with cargo first if a filtered test run did not build it.
-fn provider_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("provider");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sluice-engine", "--example", "provider"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the example");
-    }
-    binary
-}
 
 struct Running {
     child: Option<Child>,
@@ -53,7 +32,7 @@ impl Drop for Running {
 }
 
 fn start(chain: &TestChain, store: &std::path::Path, payee: alloy::primitives::Address) -> Running {
-    let mut child = Command::new(provider_binary())
+    let mut child = Command::new(support::provider::provider_binary())
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--admin-token", ADMIN_TOKEN])
         .args(["--rpc-url", chain.rpc_url().as_str()])

@@ -11,4 +11,5 @@
 pub mod anvil;
 pub mod flaky_proxy;
 pub mod http;
+pub mod provider;
 pub mod session;
