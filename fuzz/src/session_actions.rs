@@ -300,8 +300,11 @@ fn reopen(path: &std::path::Path) -> SledStore {
     loop {
         match SledStore::open(path, Durability::None) {
             Ok(store) => return store,
+            // sled reports the held lock as an I/O error whose kind is `WouldBlock` or, through
+            // its own wrapping, `Other` (seen under ASan): retry either, boundedly.
             Err(StoreError::Backend {
-                kind: BackendErrorKind::Io(std::io::ErrorKind::WouldBlock),
+                kind:
+                    BackendErrorKind::Io(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Other),
                 ..
             }) if attempts < 500 => {
                 attempts += 1;
