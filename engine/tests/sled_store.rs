@@ -207,7 +207,7 @@ fn corrupt_records_are_reported_and_never_overwritten() {
     future_version[0] = 9;
     let truncated = ChannelRecord::new(channel(2)).to_bytes()[..200].to_vec();
     {
-        let raw = sled::open(&path).expect("raw open");
+        let raw = raw_open(&path);
         let channels = raw.open_tree("channels").expect("tree");
         channels
             .insert(channel(1).as_slice(), &future_version[..])
@@ -269,7 +269,7 @@ fn corrupt_records_are_reported_and_never_overwritten() {
     );
     assert!(store.get(&channel(3)).expect("healthy channel").is_some());
     drop(store);
-    let raw = sled::open(&path).expect("raw open");
+    let raw = raw_open(&path);
     let channels = raw.open_tree("channels").expect("tree");
     assert_eq!(
         channels
@@ -295,7 +295,7 @@ fn foreign_or_newer_databases_are_refused() {
     let newer = dir.path().join("newer");
     drop(SledStore::open(&newer, Durability::default()).expect("create"));
     {
-        let raw = sled::open(&newer).expect("raw open");
+        let raw = raw_open(&newer);
         raw.open_tree("meta")
             .expect("meta")
             .insert(b"format", &b"sluice-channel-store/2"[..])
@@ -310,7 +310,7 @@ fn foreign_or_newer_databases_are_refused() {
 
     let foreign = dir.path().join("foreign");
     {
-        let raw = sled::open(&foreign).expect("raw open");
+        let raw = raw_open(&foreign);
         raw.open_tree("channels")
             .expect("tree")
             .insert(b"someone else's", &b"data"[..])
@@ -342,7 +342,7 @@ fn recovery_drops_feed_entries_a_crash_left_behind() {
         stale.extend_from_slice(&10u128.to_be_bytes());
         stale.extend_from_slice(&signature_for(10));
         stale.push(ChannelStatus::Open.to_byte());
-        let raw = sled::open(&path).expect("raw open");
+        let raw = raw_open(&path);
         raw.open_tree("feed")
             .expect("feed")
             .insert(old_cursor.to_be_bytes(), stale)
@@ -386,7 +386,7 @@ fn recovery_drops_aux_entries_whose_record_write_was_lost() {
         orphan.extend_from_slice(&(record.revision + 1).to_be_bytes());
         orphan.extend_from_slice(&77u64.to_be_bytes());
         orphan.extend_from_slice(b"charged twice?");
-        let raw = sled::open(&path).expect("raw open");
+        let raw = raw_open(&path);
         let mut index_key = 77u64.to_be_bytes().to_vec();
         index_key.extend_from_slice(b"orphan");
         raw.open_tree("aux_expiry")
@@ -421,7 +421,7 @@ fn recovery_drops_aux_entries_whose_record_write_was_lost() {
         "committed, later and orphan"
     );
     drop(store);
-    let raw = sled::open(&path).expect("raw open");
+    let raw = raw_open(&path);
     assert!(
         raw.open_tree("aux_expiry").expect("tree").is_empty(),
         "no dangling index keys"
@@ -467,4 +467,23 @@ fn a_keep_waits_for_the_write_it_observed() {
             .accepted_cumulative,
         10
     );
+}
+
+/// Opens the database with sled itself, behind the store's back. sled 0.34 may hold the
+/// directory lock for a moment after the store's last handle is dropped (no event to await),
+/// so this retries a held lock for up to 2 s, as `SledStore::open` does.
+fn raw_open(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("raw open of {}: {e}", path.display()),
+        }
+    }
 }

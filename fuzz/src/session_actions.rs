@@ -34,8 +34,8 @@ use sluice_engine::session::{
     Transition, VoucherClaim, VoucherOutcome,
 };
 use sluice_engine::store::{
-    BackendErrorKind, Change, ChannelRecord, ChannelStatus, ChannelStore, Durability, MemoryStore,
-    SledStore, StoreError,
+    Change, ChannelRecord, ChannelStatus, ChannelStore, Durability, MemoryStore, SledStore,
+    StoreError,
 };
 use sluice_voucher::{
     AcceptancePolicy, SignedVoucher, SignerKey, SigningKey, TableWidth, Voucher, VoucherDomain,
@@ -291,28 +291,10 @@ impl Store {
     }
 }
 
-/// Opens the sled store again after it was dropped. sled 0.34 may finish background work (and
-/// so hold its directory lock) for a moment after the last handle is gone; an open in that
-/// window fails with `WouldBlock`. There is no event to wait for, so this retries a bounded
-/// number of times (found by this fuzz target under ASan timing).
+/// Opens the sled store again after it was dropped (the store waits, boundedly, for sled to
+/// release its directory lock).
 fn reopen(path: &std::path::Path) -> SledStore {
-    let mut attempts = 0;
-    loop {
-        match SledStore::open(path, Durability::None) {
-            Ok(store) => return store,
-            // sled reports the held lock as an I/O error whose kind is `WouldBlock` or, through
-            // its own wrapping, `Other` (seen under ASan): retry either, boundedly.
-            Err(StoreError::Backend {
-                kind:
-                    BackendErrorKind::Io(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Other),
-                ..
-            }) if attempts < 500 => {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            Err(error) => panic!("reopen after {attempts} attempts: {error}"),
-        }
-    }
+    SledStore::open(path, Durability::None).unwrap_or_else(|error| panic!("reopen: {error}"))
 }
 
 struct World {

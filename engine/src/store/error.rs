@@ -206,6 +206,16 @@ impl From<sled::Error> for StoreError {
 
 pub(crate) fn backend_kind(error: &sled::Error) -> BackendErrorKind {
     match error {
+        // sled 0.34 reports a database directory still locked (by another process, or for a
+        // moment by its own background work after the last handle is dropped) as an `Other`
+        // I/O error whose only structure is this message prefix; the underlying `WouldBlock`
+        // is lost, so restore it here, in the one place sled errors are classified.
+        sled::Error::Io(io)
+            if io.kind() == io::ErrorKind::Other
+                && io.to_string().starts_with("could not acquire lock") =>
+        {
+            BackendErrorKind::Io(io::ErrorKind::WouldBlock)
+        }
         sled::Error::Io(io) => BackendErrorKind::Io(io.kind()),
         sled::Error::Corruption { .. } => BackendErrorKind::Corruption,
         sled::Error::Unsupported(_) => BackendErrorKind::Unsupported,
@@ -242,6 +252,31 @@ mod tests {
         assert!(flush(BackendErrorKind::Io(io::ErrorKind::Interrupted)).is_retryable());
         assert!(!flush(BackendErrorKind::Io(io::ErrorKind::Other)).is_retryable());
         assert!(!StoreError::Closed { seq: 3 }.is_retryable());
+    }
+
+    #[test]
+    fn a_held_directory_lock_is_a_transient_would_block() {
+        // The form sled 0.34 produces for a held directory lock: kind `Other`, message only.
+        let error = StoreError::from(sled::Error::Io(io::Error::other(
+            "could not acquire lock on \"/tmp/x/db\": Os { code: 11, kind: WouldBlock }",
+        )));
+        assert!(matches!(
+            error,
+            StoreError::Backend {
+                kind: BackendErrorKind::Io(io::ErrorKind::WouldBlock),
+                ..
+            }
+        ));
+        assert!(error.is_retryable());
+        // Other `Other` errors keep their kind.
+        let other = StoreError::from(sled::Error::Io(io::Error::other("disk on fire")));
+        assert!(matches!(
+            other,
+            StoreError::Backend {
+                kind: BackendErrorKind::Io(io::ErrorKind::Other),
+                ..
+            }
+        ));
     }
 
     #[test]

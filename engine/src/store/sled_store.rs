@@ -109,8 +109,42 @@ pub struct SledStore {
     flusher: Option<Flusher>,
 }
 
+/// How long [`SledStore::open_with`] waits for a database directory lock that is still held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting (bounded by [`LOCK_WAIT`]) while its directory lock is still held.
+///
+/// sled 0.34 finishes background work after the last handle of a database is dropped and holds
+/// the directory lock until then, so an open right after a close in the same process (a
+/// restart) can fail with `WouldBlock` for a moment. sled offers no event to wait for, hence
+/// the short polling here; another process really holding the database still gets the
+/// `WouldBlock` error, after the bounded wait.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(error) => {
+                let error = StoreError::from(error);
+                let locked = matches!(
+                    error,
+                    StoreError::Backend {
+                        kind: BackendErrorKind::Io(std::io::ErrorKind::WouldBlock),
+                        ..
+                    }
+                );
+                if !locked || std::time::Instant::now() >= deadline {
+                    return Err(error);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 impl SledStore {
-    /// Opens (or creates) the store at `path` with the given durability.
+    /// Opens (or creates) the store at `path` with the given durability. If the directory lock
+    /// is still held (sled releasing it after a close in this process), waits up to 2 s.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         Self::open_with(SledOptions::new(path.as_ref()).durability(durability))
     }
@@ -127,7 +161,7 @@ impl SledStore {
         if let Some(bytes) = options.cache_capacity {
             config = config.cache_capacity(bytes);
         }
-        let db = config.open()?;
+        let db = open_waiting_for_lock(&config)?;
         let meta = db.open_tree("meta")?;
         let channels = db.open_tree("channels")?;
         match meta.get(FORMAT_KEY)? {
