@@ -481,6 +481,11 @@ impl PayerClient {
             .bytes()
             .await
             .map_err(|e| http_error("read body", &target.url, &e))?;
+        if !status.is_success()
+            && let Some(problem) = problem_of(status, &headers, &body)
+        {
+            return Err(problem.into_error());
+        }
         Ok(PaidResponse {
             status,
             headers,
@@ -1137,7 +1142,12 @@ impl PayerClient {
                     let response = self
                         .send(method, &target.url, body.clone(), None, stream)
                         .await?;
-                    if response.status() != StatusCode::PAYMENT_REQUIRED {
+                    // Not a 402, or a 402 with no challenge at all (not a payment challenge,
+                    // as mppx reads it): the caller gets the response (a problem body becomes
+                    // `ClientError::Problem`).
+                    if response.status() != StatusCode::PAYMENT_REQUIRED
+                        || !response.headers().contains_key(WWW_AUTHENTICATE)
+                    {
                         break Ok(Paid::unpaid(response));
                     }
                     match self.select(response.headers(), target.url.as_str()) {
