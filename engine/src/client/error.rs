@@ -108,6 +108,17 @@ pub enum ClientError {
         /// The cumulative amount needed.
         required: u128,
     },
+    /// The payer holds less of the token than the deposit (or top-up) needs. Checked before
+    /// the `approve` is sent.
+    #[error("the payer holds {balance} of token {token}, the deposit needs {required}")]
+    InsufficientFunds {
+        /// The token.
+        token: alloy_primitives::Address,
+        /// The payer's balance.
+        balance: u128,
+        /// What the deposit or top-up needs.
+        required: u128,
+    },
     /// A transaction the client sent itself (`approve`) reverted.
     #[error("{action} transaction {tx_hash} reverted")]
     TxReverted {

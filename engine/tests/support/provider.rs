@@ -47,10 +47,21 @@ impl ExampleProvider {
         price: u128,
         extra: &[&str],
     ) -> Self {
+        Self::start_on(chain, payee, price, "127.0.0.1:0", extra)
+    }
+
+    /// [`Self::start`] on a given public listen address (to restart a provider in place).
+    pub fn start_on(
+        chain: &super::anvil::TestChain,
+        payee: alloy::primitives::Address,
+        price: u128,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         let store = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(provider_binary())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             .args(["--admin-token", ADMIN_TOKEN])
             .args(["--rpc-url", chain.rpc_url().as_str()])
             .args(["--chain-id", &super::anvil::CHAIN_ID.to_string()])
