@@ -9,15 +9,19 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use alloy::primitives::{Address, B256};
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Bytes};
+use alloy::providers::ProviderBuilder;
 use alloy::signers::local::PrivateKeySigner;
+use sluice_contracts::SluiceEscrow;
 use sluice_engine::chain::{ChainClient, OnChainChannel, RpcChain};
 use sluice_engine::client::{
     CapScope, ChannelSnapshot, ClientError, PayerClient, PayerConfig, TopUpPolicy,
 };
+use sluice_engine::http::feed::FeedPageDto;
 use sluice_engine::protocol::ProblemKind;
 use support::anvil::{CHAIN_ID, TestChain};
-use support::provider::ExampleProvider;
+use support::provider::{ADMIN_TOKEN, ExampleProvider};
 
 const PRICE: u128 = 1_000;
 
@@ -44,6 +48,50 @@ async fn on_chain(chain: &TestChain, id: B256) -> OnChainChannel {
         .channel(id)
         .await
         .expect("getChannel")
+}
+
+/// What the settlement daemon does after a cooperative close: the payee closes the channel on
+/// chain with the feed's latest voucher. Returns that voucher's amount.
+async fn payee_closes_from_feed(
+    chain: &TestChain,
+    provider: &ExampleProvider,
+    payee: &PrivateKeySigner,
+    channel: B256,
+) -> u128 {
+    let page: FeedPageDto = reqwest::Client::new()
+        .get(format!("{}/feed", provider.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = page
+        .entries
+        .iter()
+        .rfind(|e| e.channel_id == channel)
+        .expect("a feed entry for the channel");
+    let rpc = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(payee.clone()))
+        .connect_http(chain.rpc_url());
+    let receipt = SluiceEscrow::new(chain.escrow, &rpc)
+        .close(
+            channel,
+            entry.cumulative_amount,
+            Bytes::from(entry.signature.expect("signed").to_vec()),
+        )
+        .send()
+        .await
+        .expect("close accepted")
+        .get_receipt()
+        .await
+        .expect("close mined");
+    assert!(
+        receipt.status(),
+        "the payee's close with the feed's voucher"
+    );
+    entry.cumulative_amount
 }
 
 fn only_channel(client: &PayerClient) -> ChannelSnapshot {
@@ -204,6 +252,18 @@ async fn signing_ahead_saves_signatures_and_close_settles_what_the_server_holds(
     let snapshot = client.channels();
     assert_eq!(snapshot.len(), 1);
     assert!(snapshot[0].closed);
+
+    // Settlement: the payee gets exactly the close amount, the payer the rest of the deposit.
+    let settled =
+        payee_closes_from_feed(&chain, &provider, &chain.account(9), *channel.id.as_b256()).await;
+    assert_eq!(settled, closed.final_amount);
+    assert_eq!(chain.balance(provider.payee).await, 8 * PRICE);
+    assert_eq!(
+        chain.balance(payer.address()).await,
+        100 * PRICE - 8 * PRICE
+    );
+    assert_eq!(chain.balance(chain.escrow).await, 0);
+    assert!(on_chain(&chain, *channel.id.as_b256()).await.finalized);
 
     // The next request opens a fresh channel.
     assert_eq!(
@@ -429,6 +489,14 @@ async fn a_delegated_signer_signs_the_vouchers_and_the_close() {
     assert_eq!(closed.final_amount, 4 * PRICE);
     let view = provider.channel(channel.id).await.unwrap();
     assert_eq!(view["status"], "closing");
+    // The delegated signer's close voucher settles on chain: 4 units to the payee, the rest back
+    // to the payer (who funded the deposit, not the signer).
+    let settled =
+        payee_closes_from_feed(&chain, &provider, &chain.account(9), *channel.id.as_b256()).await;
+    assert_eq!(settled, 4 * PRICE);
+    assert_eq!(chain.balance(provider.payee).await, 4 * PRICE);
+    assert_eq!(chain.balance(payer.address()).await, 96 * PRICE);
+    assert_eq!(chain.balance(signer.address()).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

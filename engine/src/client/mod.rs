@@ -28,7 +28,8 @@ use sluice_voucher::{SigningKey, Voucher, VoucherDomain, sign_voucher};
 use tokio::sync::OnceCell;
 
 pub use self::config::{
-    DEFAULT_DEPOSIT, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PAYMENT_RETRIES, PayerConfig, TopUpPolicy,
+    DEFAULT_DEPOSIT, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PAYMENT_RETRIES,
+    DEFAULT_STREAM_IDLE_TIMEOUT, PayerConfig, TopUpPolicy,
 };
 pub use self::error::{CapScope, ClientError};
 pub use self::sse::{EventTooLong, MAX_EVENT_LEN, SseEvent, SseReader};
@@ -123,7 +124,8 @@ pub struct ChannelSnapshot {
     pub owed: u128,
     /// The highest `acceptedCumulative` a receipt reported.
     pub accepted: u128,
-    /// Whether the client closed it.
+    /// Whether the client stopped using it: it closed it, or the server answered that the
+    /// channel is gone or closing (`410`).
     pub closed: bool,
 }
 
@@ -507,7 +509,10 @@ impl PayerClient {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         let target = target(url)?;
         let mut paid = self.pay(&Method::GET, &target, None, false, true).await?;
-        let mut summary = StreamSummary::default();
+        let mut summary = StreamSummary {
+            top_ups: u32::from(paid.topped_up),
+            ..StreamSummary::default()
+        };
         let mut reader = SseReader::new();
         let status = paid.response.status();
         if !status.is_success() {
@@ -518,10 +523,15 @@ impl PayerClient {
             });
         }
         loop {
-            let chunk = paid
-                .response
-                .chunk()
+            let idle = self.inner.config.stream_idle_timeout;
+            let chunk = tokio::time::timeout(idle, paid.response.chunk())
                 .await
+                .map_err(|_| ClientError::Http {
+                    operation: "read stream",
+                    url: target.url.to_string(),
+                    message: format!("nothing received for {} ms", idle.as_millis()),
+                    timeout: true,
+                })?
                 .map_err(|e| http_error("read stream", &target.url, &e))?;
             let Some(chunk) = chunk else { break };
             let events = reader.feed(&chunk).map_err(|e| {
@@ -1221,6 +1231,7 @@ impl PayerClient {
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
+                    topped_up: prepared.topped_up,
                     receipt: Some(receipt),
                     channel: Some((slot, prepared.channel)),
                     terms: Some(terms),
@@ -1235,6 +1246,7 @@ impl PayerClient {
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
+                    topped_up: prepared.topped_up,
                     receipt: None,
                     channel: Some((slot, prepared.channel)),
                     terms: Some(terms),
@@ -1493,6 +1505,8 @@ impl PayerClient {
 /// A paid (or unpaid) response and the channel it was paid on.
 struct Paid {
     response: reqwest::Response,
+    /// Whether preparing the credential topped the channel up.
+    topped_up: bool,
     receipt: Option<Receipt>,
     channel: Option<(Arc<Slot>, B256)>,
     terms: Option<Terms>,
@@ -1503,6 +1517,7 @@ impl Paid {
     fn unpaid(response: reqwest::Response) -> Self {
         Self {
             response,
+            topped_up: false,
             receipt: None,
             channel: None,
             terms: None,
