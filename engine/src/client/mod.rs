@@ -103,6 +103,9 @@ pub struct ClientStats {
     pub top_ups: u64,
     /// Cooperative closes.
     pub closes: u64,
+    /// Credentials re-sent after a refusal the client could fix (a fresh challenge, a voucher
+    /// overtaken by a concurrent one, a balance to raise).
+    pub retries: u64,
     /// Sum over the client's channels of the highest cumulative amount signed.
     pub signed_total: u128,
 }
@@ -170,6 +173,7 @@ struct Counters {
     opens: AtomicU64,
     top_ups: AtomicU64,
     closes: AtomicU64,
+    retries: AtomicU64,
 }
 
 struct Inner {
@@ -250,6 +254,10 @@ struct Prepared {
     amount: u128,
     topped_up: bool,
     open: Option<OpenInFlight>,
+    /// The channel's sequence lock, held until the answer is in (a re-send after being
+    /// overtaken twice: no newer voucher can be signed while it is in flight, so it cannot be
+    /// overtaken again).
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 struct OpenInFlight {
@@ -693,6 +701,7 @@ impl PayerClient {
             opens: c.opens.load(Ordering::Relaxed),
             top_ups: c.top_ups.load(Ordering::Relaxed),
             closes: c.closes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
             signed_total: *lock(&self.inner.total_signed),
         }
     }
@@ -916,6 +925,7 @@ impl PayerClient {
         terms: Terms,
         need: Need,
         floor: u128,
+        hold: bool,
     ) -> Result<Prepared, ClientError> {
         let sequence = Arc::clone(&slot.sequence).lock_owned().await;
         if slot.retired.load(Ordering::SeqCst) {
@@ -995,7 +1005,7 @@ impl PayerClient {
                 current.committed = current.committed.max(committed);
             }
         }
-        drop(sequence);
+        let held = hold.then_some(sequence);
         let header = self.credential_header(
             challenge.clone(),
             SessionPayload::Voucher(VoucherPayload {
@@ -1011,6 +1021,36 @@ impl PayerClient {
             amount,
             topped_up,
             open: None,
+            _held: held,
+        })
+    }
+
+    /// A voucher credential for the channel's highest signed amount if it is above `amount`:
+    /// vouchers are cumulative, so the highest one pays for this request too, and sending the
+    /// newest one makes it less likely that a concurrent, higher voucher overtakes it (the
+    /// server refuses a voucher below the one it accepted, and the client re-sends).
+    fn fresher_voucher(
+        &self,
+        slot: &Slot,
+        challenge: &Challenge,
+        amount: u128,
+    ) -> Option<(String, u128)> {
+        let (channel, signed, signature) = {
+            let state = lock(&slot.state);
+            let state = state.as_ref()?;
+            (state.id, state.signed, state.signature.clone())
+        };
+        (signed > amount).then(|| {
+            let header = self.credential_header(
+                challenge.clone(),
+                SessionPayload::Voucher(VoucherPayload {
+                    channel_id: channel,
+                    cumulative_amount: signed,
+                    signature,
+                    descriptor: None,
+                }),
+            );
+            (header, signed)
         })
     }
 
@@ -1103,6 +1143,7 @@ impl PayerClient {
                 _tx: tx,
                 signed: amount,
             }),
+            _held: None,
         })
     }
 
@@ -1142,6 +1183,8 @@ impl PayerClient {
         let mut reserved: Option<(Arc<Slot>, u128)> = None;
         let mut floor = 0u128;
         let mut attempts = 0u32;
+        // Consecutive refusals of a voucher overtaken by a concurrent, higher one.
+        let mut overtaken = 0u32;
         let result = loop {
             let (challenge_now, terms) = match challenge.take() {
                 Some(c) => match self.terms(&c) {
@@ -1181,7 +1224,15 @@ impl PayerClient {
                 }
             };
             let prepared = match self
-                .prepare(&slot, target, &challenge_now, terms, need, floor)
+                .prepare(
+                    &slot,
+                    target,
+                    &challenge_now,
+                    terms,
+                    need,
+                    floor,
+                    overtaken >= 2,
+                )
                 .await
             {
                 Ok(prepared) => prepared,
@@ -1189,6 +1240,14 @@ impl PayerClient {
             };
             if charged && reserved.is_none() {
                 reserved = Some((Arc::clone(&slot), terms.price));
+            }
+            let mut prepared = prepared;
+            if prepared.open.is_none()
+                && let Some((header, amount)) =
+                    self.fresher_voucher(&slot, &challenge_now, prepared.amount)
+            {
+                prepared.header = header;
+                prepared.amount = amount;
             }
             let sent = self
                 .send(
@@ -1285,8 +1344,12 @@ impl PayerClient {
                     }
                     None => false,
                 },
-                // Overtaken by a concurrent, higher voucher of this client: send the highest.
-                Some(ProblemKind::VerificationFailed) => prepared.amount < current_signed,
+                // Overtaken by a concurrent, higher voucher of this client: send the highest
+                // (holding the channel's lock from the second time on).
+                Some(ProblemKind::VerificationFailed) if prepared.amount < current_signed => {
+                    overtaken += 1;
+                    true
+                }
                 Some(ProblemKind::ChannelNotFound | ProblemKind::ChannelFinalized) => {
                     if !was_open {
                         self.retire(&slot);
@@ -1299,6 +1362,7 @@ impl PayerClient {
             if !retry || attempts > self.inner.config.max_payment_retries {
                 break Err(problem.into_error());
             }
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             lock(&self.inner.challenges).remove(&target.route);
             challenge = fresh.map(|(c, _)| c).or(Some(challenge_now));
         };
@@ -1334,6 +1398,7 @@ impl PayerClient {
                         price: terms.price,
                     },
                     0,
+                    false,
                 )
                 .await?;
             let response = self
