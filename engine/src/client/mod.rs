@@ -247,6 +247,15 @@ enum Need {
     Nothing,
 }
 
+/// What one credential must achieve: `need`, at least `floor` (an amount the server asked
+/// for), and whether to keep the channel's lock until the answer is in.
+#[derive(Clone, Copy, Debug)]
+struct Ask {
+    need: Need,
+    floor: u128,
+    hold: bool,
+}
+
 /// A credential ready to send, and the locks an `open` holds until its answer is in.
 struct Prepared {
     header: String,
@@ -923,10 +932,9 @@ impl PayerClient {
         target: &Target,
         challenge: &Challenge,
         terms: Terms,
-        need: Need,
-        floor: u128,
-        hold: bool,
+        ask: Ask,
     ) -> Result<Prepared, ClientError> {
+        let Ask { need, floor, hold } = ask;
         let sequence = Arc::clone(&slot.sequence).lock_owned().await;
         if slot.retired.load(Ordering::SeqCst) {
             let id = lock(&slot.state).as_ref().map(|s| s.id).unwrap_or_default();
@@ -1229,9 +1237,11 @@ impl PayerClient {
                     target,
                     &challenge_now,
                     terms,
-                    need,
-                    floor,
-                    overtaken >= 2,
+                    Ask {
+                        need,
+                        floor,
+                        hold: overtaken >= 2,
+                    },
                 )
                 .await
             {
@@ -1393,12 +1403,14 @@ impl PayerClient {
                     target,
                     &challenge,
                     terms,
-                    Need::Cumulative {
-                        required,
-                        price: terms.price,
+                    Ask {
+                        need: Need::Cumulative {
+                            required,
+                            price: terms.price,
+                        },
+                        floor: 0,
+                        hold: false,
                     },
-                    0,
-                    false,
                 )
                 .await?;
             let response = self
