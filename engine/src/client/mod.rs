@@ -31,7 +31,7 @@ pub use self::config::{
     DEFAULT_DEPOSIT, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PAYMENT_RETRIES,
     DEFAULT_STREAM_IDLE_TIMEOUT, PayerConfig, TopUpPolicy,
 };
-pub use self::error::{CapScope, ClientError};
+pub use self::error::{CapScope, ClientError, HttpFailure};
 pub use self::sse::{EventTooLong, MAX_EVENT_LEN, SseEvent, SseReader};
 /// A session receipt (`Payment-Receipt`), as the server sent it.
 pub use crate::protocol::SessionReceipt as Receipt;
@@ -332,12 +332,12 @@ fn problem_from_json(status: u16, json: &Value) -> Option<ProblemBody> {
 }
 
 fn http_error(operation: &'static str, url: &reqwest::Url, error: &reqwest::Error) -> ClientError {
-    ClientError::Http {
+    ClientError::Http(HttpFailure {
         operation,
         url: url.to_string(),
         message: error.to_string(),
         timeout: error.is_timeout(),
-    }
+    })
 }
 
 fn key_of(bytes: &B256, field: &'static str) -> Result<SigningKey, ClientError> {
@@ -543,11 +543,13 @@ impl PayerClient {
             let idle = self.inner.config.stream_idle_timeout;
             let chunk = tokio::time::timeout(idle, paid.response.chunk())
                 .await
-                .map_err(|_| ClientError::Http {
-                    operation: "read stream",
-                    url: target.url.to_string(),
-                    message: format!("nothing received for {} ms", idle.as_millis()),
-                    timeout: true,
+                .map_err(|_| {
+                    ClientError::Http(HttpFailure {
+                        operation: "read stream",
+                        url: target.url.to_string(),
+                        message: format!("nothing received for {} ms", idle.as_millis()),
+                        timeout: true,
+                    })
                 })?
                 .map_err(|e| http_error("read stream", &target.url, &e))?;
             let Some(chunk) = chunk else { break };
