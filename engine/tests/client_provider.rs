@@ -609,3 +609,52 @@ async fn a_server_problem_surfaces_typed_and_a_lost_channel_is_replaced() {
     let view = provider.channel(response.channel.unwrap()).await.unwrap();
     assert_eq!(amount(&view, "spent"), PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stops_at_the_deposit_or_the_cap_with_a_typed_error() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let url = provider.url("/stream?tokens=10");
+
+    // No top-up policy: the voucher for the fourth token does not fit a 3-unit deposit.
+    let payer = chain.account(1);
+    chain.mint(payer.address(), 10 * PRICE).await;
+    let mut small = config(&chain, &payer);
+    small.deposit = 3 * PRICE;
+    let client = PayerClient::new(small).unwrap();
+    let mut received = 0u32;
+    match client.stream(&url, |_| received += 1).await {
+        Err(ClientError::DepositExhausted {
+            deposit, required, ..
+        }) => assert_eq!((deposit, required), (3 * PRICE, 4 * PRICE)),
+        other => panic!("expected DepositExhausted, got {other:?}"),
+    }
+    assert_eq!(received, 3);
+    let channel = only_channel(&client);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 3 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 3 * PRICE);
+
+    // A per-channel cap of 5 units: five tokens, then the sixth is refused before signing.
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut capped = config(&chain, &payer);
+    capped.cap_per_channel = Some(5 * PRICE);
+    let client = PayerClient::new(capped).unwrap();
+    let mut received = 0u32;
+    match client.stream(&url, |_| received += 1).await {
+        Err(ClientError::CapExceeded {
+            scope: CapScope::Channel,
+            cap,
+            would_be,
+        }) => assert_eq!((cap, would_be), (5 * PRICE, 6 * PRICE)),
+        other => panic!("expected CapExceeded, got {other:?}"),
+    }
+    assert_eq!(received, 5);
+    assert_eq!(client.stats().vouchers_signed, 5);
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 5 * PRICE);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 5 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 5 * PRICE);
+}

@@ -533,10 +533,15 @@ impl PayerClient {
         let mut reader = SseReader::new();
         let status = paid.response.status();
         if !status.is_success() {
-            return Err(ClientError::Problem {
-                status: status.as_u16(),
-                problem_type: String::new(),
-                detail: format!("the stream answered {status}"),
+            let headers = paid.response.headers().clone();
+            let body = paid.response.bytes().await.unwrap_or_default();
+            return Err(match problem_of(status, &headers, &body) {
+                Some(problem) => problem.into_error(),
+                None => ClientError::Problem {
+                    status: status.as_u16(),
+                    problem_type: String::new(),
+                    detail: format!("the stream answered {status}"),
+                },
             });
         }
         loop {
