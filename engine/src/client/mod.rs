@@ -1207,9 +1207,13 @@ impl PayerClient {
                     Err(error) => break Err(error),
                 },
                 None => {
-                    let response = self
+                    let response = match self
                         .send(method, &target.url, body.clone(), None, stream)
-                        .await?;
+                        .await
+                    {
+                        Ok(response) => response,
+                        Err(error) => break Err(error),
+                    };
                     // Not a 402, or a 402 with no challenge at all (not a payment challenge,
                     // as mppx reads it): the caller gets the response (a problem body becomes
                     // `ClientError::Problem`).
