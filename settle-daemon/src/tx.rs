@@ -184,6 +184,10 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Consecutive polls that must see the nonce taken (and no receipt of ours) before
+/// [`TxEnd::NonceTaken`] is believed.
+const NONCE_TAKEN_POLLS: u32 = 3;
+
 /// What a wait step found.
 enum Poll {
     Mined(MinedTx),
@@ -259,8 +263,8 @@ impl Sender {
 
     /// Signs `input` (a call of the escrow) with the next nonce, records it, broadcasts it and
     /// returns the record (to [`Sender::drive`]), or how it ended at once: the estimate says
-    /// the call reverts now (nothing recorded), or the node refused the broadcast (the record
-    /// is removed again: [`TxEnd::NonceTaken`] when the account's nonce moved past it).
+    /// the call reverts now (nothing recorded), or the node refused the broadcast while the
+    /// nonce is still free (the record is removed again).
     pub async fn submit(
         &mut self,
         state: &std::sync::Mutex<DaemonState>,
@@ -305,16 +309,17 @@ impl Sender {
         match self.rpc.send_raw(attempt.hash, &attempt.raw).await {
             Ok(()) => Ok(Ok(record)),
             Err(e) if e.kind == ChainErrorKind::Rejected => {
-                // The node refused it and does not know it: it was never in the pool, so the
-                // record goes (nothing of it can be mined).
-                self.next_nonce = None;
                 let mined = self.rpc.nonce(self.address(), false).await?;
-                lock(state).finish_tx(&record, &[])?;
                 if mined > nonce {
-                    Ok(Err(TxEnd::NonceTaken))
-                } else {
-                    Ok(Err(TxEnd::Rejected(e.message)))
+                    // The nonce is used: by this transaction (an earlier try went through and
+                    // its answer was lost) or by another one. The wait tells which.
+                    return Ok(Ok(record));
                 }
+                // The node refused it, does not know it, and the nonce is free: it never
+                // entered the pool, so the record goes (nothing of it can be mined).
+                self.next_nonce = None;
+                lock(state).finish_tx(&record, &[])?;
+                Ok(Err(TxEnd::Rejected(e.message)))
             }
             // Not known to have reached the node: the wait below broadcasts it again.
             Err(e) => {
@@ -349,15 +354,22 @@ impl Sender {
         shutdown: &mut watch::Receiver<bool>,
         mut on_event: impl FnMut(&'static str),
     ) -> Result<TxEnd, TxError> {
+        // A node may count a transaction in the account's nonce a moment before it serves
+        // the receipt (anvil does): a nonce taken by another transaction must be seen on
+        // several consecutive polls before it is believed.
+        let mut taken_seen = 0u32;
         loop {
             match self.step(state, &mut record, &mut on_event).await {
+                Ok(Some(TxEnd::NonceTaken)) if taken_seen < NONCE_TAKEN_POLLS => {
+                    taken_seen += 1;
+                }
                 Ok(Some(end)) => {
                     if !matches!(end, TxEnd::Mined(_)) {
                         self.next_nonce = None;
                     }
                     return Ok(end);
                 }
-                Ok(None) => {}
+                Ok(None) => taken_seen = 0,
                 Err(TxError::Chain(e)) => {
                     on_event("rpc");
                     tracing::warn!(nonce = record.nonce, error = %e, "waiting for the transaction");

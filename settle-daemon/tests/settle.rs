@@ -1,0 +1,146 @@
+//! The daemon binary as a real process against anvil and the engine's example provider (also
+//! a real process): many channels settled in ⌈channels/N⌉ batches with exact amounts, the
+//! metrics and health endpoints, a graceful SIGTERM; cooperative close and the watchtower.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use support::world::{DaemonSettings, GRACE, PRICE, Rng, World, eventually, metric};
+
+/// Opens `count` channels across payers 1..=8 through the provider, each with a random voucher
+/// above the first request's price; returns channel → the engine's accepted voucher.
+async fn open_channels(world: &World, count: usize, seed: u64) -> BTreeMap<B256, u128> {
+    const DEPOSIT: u128 = 1_000_000;
+    let payers = 8;
+    let per_payer = count.div_ceil(payers);
+    let mut tasks = Vec::new();
+    for p in 0..payers {
+        let n = per_payer.min(count.saturating_sub(p * per_payer));
+        if n == 0 {
+            continue;
+        }
+        let mut payer = world.payer(1 + p, DEPOSIT * n as u128).await;
+        let mut rng = Rng::new(seed ^ (p as u64 + 1));
+        let world = &*world;
+        tasks.push(async move {
+            let mut out = Vec::new();
+            for i in 0..n {
+                let salt = B256::from(alloy::primitives::U256::from((seed << 32) + (p * 10_000 + i) as u64));
+                let channel = payer.open(world, DEPOSIT, salt, PRICE).await;
+                // A random number (0-2) of higher vouchers, each random.
+                let mut amount = PRICE;
+                for _ in 0..rng.below(3) {
+                    amount += 1 + u128::from(rng.below(40_000));
+                    payer.voucher(world, channel, amount).await;
+                }
+                out.push((channel, amount));
+            }
+            out
+        });
+    }
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_channels_settle_in_ceil_n_batches_with_exact_amounts() {
+    const CHANNELS: usize = 200;
+    const N: usize = 50;
+    let world = World::start().await;
+    let vouchers = open_channels(&world, CHANNELS, 7).await;
+    assert_eq!(vouchers.len(), CHANNELS);
+    // The engine holds each channel's latest voucher.
+    for (channel, amount) in vouchers.iter().take(5) {
+        let record = world.engine_channel(*channel).await;
+        assert_eq!(record["acceptedCumulative"], amount.to_string());
+    }
+
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            batch_size: N,
+            ..DaemonSettings::default()
+        },
+    );
+    let mut daemon = world.start_daemon(&config);
+    eventually("every channel settled", Duration::from_secs(90), || async {
+        let settled = world.settled_events().await;
+        let channels: BTreeSet<B256> = settled.iter().map(|(_, c, _)| *c).collect();
+        channels.len() == CHANNELS
+    })
+    .await;
+
+    // Exact: the on-chain settled amount of every channel is the engine's latest voucher.
+    for (channel, amount) in &vouchers {
+        let on_chain = world.channel(*channel).await;
+        assert_eq!(on_chain.settled, *amount, "channel {channel}");
+        assert!(!on_chain.finalized);
+        let engine = world.engine_channel(*channel).await;
+        assert_eq!(engine["acceptedCumulative"], amount.to_string());
+    }
+    let total: u128 = vouchers.values().sum();
+    assert_eq!(world.balance(world.payee.address()).await, total);
+
+    // ⌈200/N⌉ settleBatch transactions, each one settling each channel once.
+    let events = world.settled_events().await;
+    assert_eq!(events.len(), CHANNELS, "each channel settled exactly once");
+    let txs: BTreeSet<B256> = events.iter().map(|(tx, _, _)| *tx).collect();
+    assert_eq!(txs.len(), CHANNELS.div_ceil(N));
+    let mut gas = 0u128;
+    for tx in &txs {
+        gas += u128::from(world.gas_used(*tx).await);
+    }
+
+    // The metrics show what happened (values, not just names).
+    eventually("metrics caught up", Duration::from_secs(10), || async {
+        let text = daemon.metrics().await;
+        metric(&text, "sluice_daemon_channels_pending") == Some(0)
+    })
+    .await;
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"settle_batch\"}"),
+        Some(txs.len() as u128),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sluice_daemon_transactions_total{outcome=\"mined\"}"),
+        Some(txs.len() as u128)
+    );
+    assert_eq!(metric(&text, "sluice_daemon_gas_used_total"), Some(gas));
+    assert_eq!(metric(&text, "sluice_daemon_unsettled_amount"), Some(0));
+    let head: u64 = world.chain_head().await;
+    assert!(metric(&text, "sluice_daemon_last_block").unwrap() <= u128::from(head));
+    assert!(metric(&text, "sluice_daemon_last_block").unwrap() > 0);
+    assert!(metric(&text, "sluice_daemon_chain_lag_blocks").is_some());
+    assert_eq!(metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}"), None);
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 200, "{body}");
+
+    // SIGTERM: a clean exit; the key and the token never reach the logs.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let logs = world.daemon_logs();
+    assert!(logs.contains("transaction confirmed"));
+    let key_hex = alloy::primitives::hex::encode(world.payee.to_bytes());
+    assert!(!logs.contains(&key_hex));
+    assert!(!logs.contains(support::world::ADMIN_TOKEN));
+
+    // A restart finds nothing to do: no second payment.
+    let mut again = world.start_daemon(&config);
+    eventually("restarted daemon healthy", Duration::from_secs(20), || async {
+        again.health().await.0 == 200
+    })
+    .await;
+    let text = again.metrics().await;
+    assert_eq!(metric(&text, "sluice_daemon_channels_pending"), Some(0));
+    assert_eq!(world.settled_events().await.len(), CHANNELS);
+    assert!(again.terminate().success());
+    let _ = GRACE;
+}
