@@ -144,3 +144,82 @@ async fn two_hundred_channels_settle_in_ceil_n_batches_with_exact_amounts() {
     assert!(again.terminate().success());
     let _ = GRACE;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine() {
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    // Thresholds that never trigger: only closes move money in this test.
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            min_unsettled_amount: 1_000_000_000_000,
+            ..DaemonSettings::default()
+        },
+    );
+    let mut daemon = world.start_daemon(&config);
+
+    let mut alice = world.payer(1, DEPOSIT).await;
+    let mut bob = world.payer(2, DEPOSIT).await;
+    let coop = alice.open(&world, DEPOSIT, B256::repeat_byte(1), PRICE).await;
+    let watched = bob.open(&world, DEPOSIT, B256::repeat_byte(2), PRICE).await;
+    alice.voucher(&world, coop, 12_345).await;
+    bob.voucher(&world, watched, 23_456).await;
+    let alice_before = world.balance(alice.address()).await;
+    let bob_before = world.balance(bob.address()).await;
+
+    // Cooperative close: the payer's close voucher makes the engine mark the channel closing;
+    // the daemon closes it on chain: payee paid the voucher, payer refunded the rest.
+    alice.close(&world, coop, 13_000).await;
+    eventually("cooperative close on chain", Duration::from_secs(30), || async {
+        world.channel(coop).await.finalized
+    })
+    .await;
+    assert_eq!(world.balance(world.payee.address()).await, 13_000);
+    assert_eq!(
+        world.balance(alice.address()).await,
+        alice_before + DEPOSIT - 13_000
+    );
+    eventually("the engine learns the channel is closed", Duration::from_secs(10), || async {
+        world.engine_channel(coop).await["status"] == "closed"
+    })
+    .await;
+
+    // Watchtower: the payer asks the escrow to close (it could withdraw after the grace
+    // period, taking back what it owes); the daemon closes with the voucher first.
+    assert!(world.send_raw(bob.request_close(watched)).await);
+    eventually("watchtower close on chain", Duration::from_secs(30), || async {
+        world.channel(watched).await.finalized
+    })
+    .await;
+    assert_eq!(world.balance(world.payee.address()).await, 13_000 + 23_456);
+    assert_eq!(
+        world.balance(bob.address()).await,
+        bob_before + DEPOSIT - 23_456
+    );
+    // After the grace period the payer's withdraw finds nothing left.
+    world
+        .rpc("evm_increaseTime", serde_json::json!([GRACE + 1]))
+        .await;
+    world.mine().await;
+    assert!(!world.send_raw(bob.withdraw(watched)).await, "withdraw reverts");
+    assert_eq!(
+        world.balance(bob.address()).await,
+        bob_before + DEPOSIT - 23_456
+    );
+    assert_eq!(world.balance(world.escrow).await, 0);
+    eventually("the engine learns the watched channel closed", Duration::from_secs(10), || async {
+        world.engine_channel(watched).await["status"] == "closed"
+    })
+    .await;
+    // The engine refuses vouchers on both now (410).
+    assert_eq!(alice.try_voucher(&world, coop, 14_000).await, 410);
+    assert_eq!(bob.try_voucher(&world, watched, 24_000).await, 410);
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"close\"}"),
+        Some(2),
+        "{text}"
+    );
+    assert!(daemon.terminate().success());
+}

@@ -541,6 +541,15 @@ tick_ms = 100
             .collect()
     }
 
+    /// Whether `hash` was mined.
+    pub async fn chain_receipt_exists(&self, hash: B256) -> bool {
+        self.chain
+            .get_transaction_receipt(hash)
+            .await
+            .expect("receipt")
+            .is_some()
+    }
+
     /// The gas used by `hash`.
     pub async fn gas_used(&self, hash: B256) -> u64 {
         self.chain
@@ -770,6 +779,30 @@ impl Payer {
             .await
             .expect("management");
         assert_eq!(answer.status(), 204, "{}", answer.text().await.unwrap_or_default());
+    }
+
+    /// Sends a voucher of `amount`; returns the HTTP status (204 when accepted).
+    pub async fn try_voucher(&self, world: &World, channel: B256, amount: u128) -> u16 {
+        let credential = Credential {
+            challenge: world.challenge().await,
+            payload: SessionPayload::Voucher(VoucherPayload {
+                channel_id: channel,
+                cumulative_amount: amount,
+                signature: self.signature(channel, amount),
+                descriptor: None,
+            }),
+            source: None,
+        }
+        .to_header_value();
+        world
+            .http
+            .post(format!("{}/paid", world.api))
+            .header("authorization", credential)
+            .send()
+            .await
+            .expect("voucher")
+            .status()
+            .as_u16()
     }
 
     /// Sends a voucher of `amount` (management `POST /paid`, nothing charged).
