@@ -131,7 +131,7 @@ pub fn parse_receipt(receipt: &TransactionReceipt, escrow: Address) -> MinedTx {
         {
             mined
                 .skipped
-                .push((e.channelId, e.cumulativeAmount, u8::from(e.reason)));
+                .push((e.channelId, e.cumulativeAmount, e.reason));
         } else if *topic == SluiceEscrow::ChannelClosed::SIGNATURE_HASH
             && let Ok(e) = SluiceEscrow::ChannelClosed::decode_log_data(data)
         {
@@ -428,7 +428,10 @@ impl Sender {
             let market = self.rpc.fees().await?;
             let (max_fee, tip) = bumped(&last, market);
             let input = decode_input(&last.raw).ok_or_else(|| {
-                TxError::Sign(format!("recorded transaction {} does not decode", last.hash))
+                TxError::Sign(format!(
+                    "recorded transaction {} does not decode",
+                    last.hash
+                ))
             })?;
             let attempt = self.sign(record.nonce, record.gas_limit, max_fee, tip, &input)?;
             record.attempts.push(attempt.clone());
@@ -455,4 +458,64 @@ fn decode_input(raw: &Bytes) -> Option<Bytes> {
     use alloy::eips::eip2718::Decodable2718;
     let envelope = TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
     Some(envelope.input().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_bump_both_fees_by_at_least_an_eighth() {
+        let previous = TxAttempt {
+            hash: B256::ZERO,
+            max_fee_per_gas: 1_000,
+            max_priority_fee_per_gas: 100,
+            raw: Bytes::new(),
+            sent_at: 0,
+        };
+        let calm = Fees {
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 1,
+            gas_price: 5,
+        };
+        let (max_fee, tip) = bumped(&previous, calm);
+        assert!(max_fee * 8 >= 1_000 * 9 && tip * 8 >= 100 * 9);
+        // A busier market wins.
+        let busy = Fees {
+            max_fee_per_gas: 5_000,
+            max_priority_fee_per_gas: 400,
+            gas_price: 3_000,
+        };
+        assert_eq!(bumped(&previous, busy), (5_000, 400));
+        // Tiny fees still move.
+        let tiny = TxAttempt {
+            max_fee_per_gas: 1,
+            max_priority_fee_per_gas: 0,
+            ..previous
+        };
+        let (max_fee, tip) = bumped(&tiny, calm);
+        assert!(max_fee > 1 && tip > 0 && max_fee >= tip);
+    }
+
+    #[test]
+    fn recorded_bytes_give_back_their_calldata() {
+        let key = SigningKey::parse(&"11".repeat(32)).unwrap();
+        let signer = PrivateKeySigner::from_slice(&key.to_bytes()).unwrap();
+        let input = Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]);
+        let tx = TxEip1559 {
+            chain_id: 1,
+            nonce: 3,
+            gas_limit: 50_000,
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 1,
+            to: CallKind::Call(Address::repeat_byte(5)),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: input.clone(),
+        };
+        let sig = signer.sign_hash_sync(&tx.signature_hash()).unwrap();
+        let raw: Bytes = TxEnvelope::from(tx.into_signed(sig)).encoded_2718().into();
+        assert_eq!(decode_input(&raw), Some(input));
+        assert_eq!(decode_input(&Bytes::from_static(&[0x02, 0x01])), None);
+    }
 }

@@ -127,9 +127,11 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
 
     // 1. Flaky RPC: everything settles, exactly.
     let mut daemon = world.start_daemon(&config);
-    eventually("settled through the flaky RPC", Duration::from_secs(60), || async {
-        book.all_settled(&world).await
-    })
+    eventually(
+        "settled through the flaky RPC",
+        Duration::from_secs(60),
+        || async { book.all_settled(&world).await },
+    )
     .await;
     book.assert_exact(&world, "flaky").await;
     assert!(proxy.count(Fault::Drop) > 0 && proxy.count(Fault::ServerError) > 0);
@@ -194,7 +196,10 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     book.assert_exact(&world, "competing nonce").await;
     let text = daemon.metrics().await;
     assert!(
-        metric(&text, "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}") >= Some(1),
+        metric(
+            &text,
+            "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}"
+        ) >= Some(1),
         "{text}"
     );
     assert!(daemon.terminate().success());
@@ -231,7 +236,10 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     book.assert_exact(&world, "replacement").await;
     let text = daemon.metrics().await;
     assert!(
-        metric(&text, "sluice_daemon_transactions_total{outcome=\"replaced\"}") >= Some(1),
+        metric(
+            &text,
+            "sluice_daemon_transactions_total{outcome=\"replaced\"}"
+        ) >= Some(1),
         "{text}"
     );
     assert!(daemon.terminate().success());

@@ -24,11 +24,12 @@ async fn open_channels(world: &World, count: usize, seed: u64) -> BTreeMap<B256,
         }
         let mut payer = world.payer(1 + p, DEPOSIT * n as u128).await;
         let mut rng = Rng::new(seed ^ (p as u64 + 1));
-        let world = &*world;
         tasks.push(async move {
             let mut out = Vec::new();
             for i in 0..n {
-                let salt = B256::from(alloy::primitives::U256::from((seed << 32) + (p * 10_000 + i) as u64));
+                let salt = B256::from(alloy::primitives::U256::from(
+                    (seed << 32) + (p * 10_000 + i) as u64,
+                ));
                 let channel = payer.open(world, DEPOSIT, salt, PRICE).await;
                 // A random number (0-2) of higher vouchers, each random.
                 let mut amount = PRICE;
@@ -119,7 +120,10 @@ async fn two_hundred_channels_settle_in_ceil_n_batches_with_exact_amounts() {
     assert!(metric(&text, "sluice_daemon_last_block").unwrap() <= u128::from(head));
     assert!(metric(&text, "sluice_daemon_last_block").unwrap() > 0);
     assert!(metric(&text, "sluice_daemon_chain_lag_blocks").is_some());
-    assert_eq!(metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}"), None);
+    assert_eq!(
+        metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}"),
+        None
+    );
     let (status, body) = daemon.health().await;
     assert_eq!(status, 200, "{body}");
 
@@ -134,9 +138,11 @@ async fn two_hundred_channels_settle_in_ceil_n_batches_with_exact_amounts() {
 
     // A restart finds nothing to do: no second payment.
     let mut again = world.start_daemon(&config);
-    eventually("restarted daemon healthy", Duration::from_secs(20), || async {
-        again.health().await.0 == 200
-    })
+    eventually(
+        "restarted daemon healthy",
+        Duration::from_secs(20),
+        || async { again.health().await.0 == 200 },
+    )
     .await;
     let text = again.metrics().await;
     assert_eq!(metric(&text, "sluice_daemon_channels_pending"), Some(0));
@@ -161,7 +167,9 @@ async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine(
 
     let mut alice = world.payer(1, DEPOSIT).await;
     let mut bob = world.payer(2, DEPOSIT).await;
-    let coop = alice.open(&world, DEPOSIT, B256::repeat_byte(1), PRICE).await;
+    let coop = alice
+        .open(&world, DEPOSIT, B256::repeat_byte(1), PRICE)
+        .await;
     let watched = bob.open(&world, DEPOSIT, B256::repeat_byte(2), PRICE).await;
     alice.voucher(&world, coop, 12_345).await;
     bob.voucher(&world, watched, 23_456).await;
@@ -171,26 +179,32 @@ async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine(
     // Cooperative close: the payer's close voucher makes the engine mark the channel closing;
     // the daemon closes it on chain: payee paid the voucher, payer refunded the rest.
     alice.close(&world, coop, 13_000).await;
-    eventually("cooperative close on chain", Duration::from_secs(30), || async {
-        world.channel(coop).await.finalized
-    })
+    eventually(
+        "cooperative close on chain",
+        Duration::from_secs(30),
+        || async { world.channel(coop).await.finalized },
+    )
     .await;
     assert_eq!(world.balance(world.payee.address()).await, 13_000);
     assert_eq!(
         world.balance(alice.address()).await,
         alice_before + DEPOSIT - 13_000
     );
-    eventually("the engine learns the channel is closed", Duration::from_secs(10), || async {
-        world.engine_channel(coop).await["status"] == "closed"
-    })
+    eventually(
+        "the engine learns the channel is closed",
+        Duration::from_secs(10),
+        || async { world.engine_channel(coop).await["status"] == "closed" },
+    )
     .await;
 
     // Watchtower: the payer asks the escrow to close (it could withdraw after the grace
     // period, taking back what it owes); the daemon closes with the voucher first.
     assert!(world.send_raw(bob.request_close(watched)).await);
-    eventually("watchtower close on chain", Duration::from_secs(30), || async {
-        world.channel(watched).await.finalized
-    })
+    eventually(
+        "watchtower close on chain",
+        Duration::from_secs(30),
+        || async { world.channel(watched).await.finalized },
+    )
     .await;
     assert_eq!(world.balance(world.payee.address()).await, 13_000 + 23_456);
     assert_eq!(
@@ -202,15 +216,20 @@ async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine(
         .rpc("evm_increaseTime", serde_json::json!([GRACE + 1]))
         .await;
     world.mine().await;
-    assert!(!world.send_raw(bob.withdraw(watched)).await, "withdraw reverts");
+    assert!(
+        !world.send_raw(bob.withdraw(watched)).await,
+        "withdraw reverts"
+    );
     assert_eq!(
         world.balance(bob.address()).await,
         bob_before + DEPOSIT - 23_456
     );
     assert_eq!(world.balance(world.escrow).await, 0);
-    eventually("the engine learns the watched channel closed", Duration::from_secs(10), || async {
-        world.engine_channel(watched).await["status"] == "closed"
-    })
+    eventually(
+        "the engine learns the watched channel closed",
+        Duration::from_secs(10),
+        || async { world.engine_channel(watched).await["status"] == "closed" },
+    )
     .await;
     // The engine refuses vouchers on both now (410).
     assert_eq!(alice.try_voucher(&world, coop, 14_000).await, 410);

@@ -214,8 +214,16 @@ impl World {
             .arg("--store")
             .arg(dir.path().join("engine-store"))
             .args(["--price", &PRICE.to_string(), "--realm", "daemon.test"])
-            .env("SLUICE_SECRET", "settle-daemon-tests-secret-0123456789abcdef");
-        let (proc, lines) = spawn(command, &dir.path().join("provider.log"), "provider", "ADMIN ");
+            .env(
+                "SLUICE_SECRET",
+                "settle-daemon-tests-secret-0123456789abcdef",
+            );
+        let (proc, lines) = spawn(
+            command,
+            &dir.path().join("provider.log"),
+            "provider",
+            "ADMIN ",
+        );
         let api = lines[0]
             .strip_prefix("LISTENING ")
             .expect("LISTENING first")
@@ -256,7 +264,8 @@ impl World {
 
     /// A raw JSON-RPC call.
     pub async fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let answer: serde_json::Value = self
             .http
             .post(self.rpc_url())
@@ -519,9 +528,7 @@ tick_ms = 100
         let filter = alloy::rpc::types::Filter::new()
             .address(self.escrow)
             .from_block(0)
-            .event_signature(
-                <SluiceEscrow::Settled as alloy::sol_types::SolEvent>::SIGNATURE_HASH,
-            );
+            .event_signature(<SluiceEscrow::Settled as alloy::sol_types::SolEvent>::SIGNATURE_HASH);
         self.chain
             .get_logs(&filter)
             .await
@@ -711,9 +718,13 @@ impl Payer {
 
     fn signature(&self, channel: B256, amount: u128) -> Bytes {
         Bytes::copy_from_slice(
-            &sign_voucher(&self.domain, &Voucher::new(channel.into(), amount), &self.key)
-                .signature
-                .to_bytes65(),
+            &sign_voucher(
+                &self.domain,
+                &Voucher::new(channel.into(), amount),
+                &self.key,
+            )
+            .signature
+            .to_bytes65(),
         )
     }
 
@@ -760,7 +771,12 @@ impl Payer {
             .send()
             .await
             .expect("open");
-        assert_eq!(answer.status(), 200, "open: {}", answer.text().await.unwrap_or_default());
+        assert_eq!(
+            answer.status(),
+            200,
+            "open: {}",
+            answer.text().await.unwrap_or_default()
+        );
         channel
     }
 
@@ -778,7 +794,12 @@ impl Payer {
             .send()
             .await
             .expect("management");
-        assert_eq!(answer.status(), 204, "{}", answer.text().await.unwrap_or_default());
+        assert_eq!(
+            answer.status(),
+            204,
+            "{}",
+            answer.text().await.unwrap_or_default()
+        );
     }
 
     /// Sends a voucher of `amount`; returns the HTTP status (204 when accepted).
