@@ -3,6 +3,7 @@
 //! the feed and the refresh route), payers that open channels and pay through the provider
 //! over HTTP, and the daemon binary started from a generated `settle.toml`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -859,4 +860,43 @@ impl Payer {
         let call = SluiceEscrow::withdrawCall { channelId: channel };
         self.sign_call(self.escrow, call.abi_encode())
     }
+}
+
+/// Opens `count` channels across payers 1..=8 through the provider, each with a random voucher
+/// above the first request's price; returns channel → the engine's accepted voucher.
+pub async fn open_channels(world: &World, count: usize, seed: u64) -> BTreeMap<B256, u128> {
+    const DEPOSIT: u128 = 1_000_000;
+    let payers = 8;
+    let per_payer = count.div_ceil(payers);
+    let mut tasks = Vec::new();
+    for p in 0..payers {
+        let n = per_payer.min(count.saturating_sub(p * per_payer));
+        if n == 0 {
+            continue;
+        }
+        let mut payer = world.payer(1 + p, DEPOSIT * n as u128).await;
+        let mut rng = Rng::new(seed ^ (p as u64 + 1));
+        tasks.push(async move {
+            let mut out = Vec::new();
+            for i in 0..n {
+                let salt = B256::from(alloy::primitives::U256::from(
+                    (seed << 32) + (p * 10_000 + i) as u64,
+                ));
+                let channel = payer.open(world, DEPOSIT, salt, PRICE).await;
+                // A random number (0-2) of higher vouchers, each random.
+                let mut amount = PRICE;
+                for _ in 0..rng.below(3) {
+                    amount += 1 + u128::from(rng.below(40_000));
+                    payer.voucher(world, channel, amount).await;
+                }
+                out.push((channel, amount));
+            }
+            out
+        });
+    }
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
