@@ -22,8 +22,10 @@ const CHANNELS_PER_PAYER: usize = 5;
 
 struct Book {
     payers: Vec<Payer>,
-    /// channel → (payer index, latest voucher)
+    /// channel → (payer index, latest voucher; for a finalized channel what the payee got)
     channels: BTreeMap<B256, (usize, u128)>,
+    /// Channels the payer finalized (the escrow reads them as zeros with `finalized`).
+    finalized: std::collections::BTreeSet<B256>,
 }
 
 impl Book {
@@ -31,6 +33,7 @@ impl Book {
         let mut book = Self {
             payers: Vec::new(),
             channels: BTreeMap::new(),
+            finalized: Default::default(),
         };
         for p in 0..payers {
             let mut payer = world
@@ -58,9 +61,23 @@ impl Book {
         }
     }
 
+    /// Raises the voucher of `id`.
+    async fn pay_one(&mut self, world: &World, rng: &mut Rng, id: B256) {
+        let (p, amount) = self.channels[&id];
+        let next = amount + 1 + u128::from(rng.below(50_000));
+        self.payers[p].voucher(world, id, next).await;
+        self.channels.insert(id, (p, next));
+    }
+
     async fn all_settled(&self, world: &World) -> bool {
         for (id, (_, amount)) in &self.channels {
-            if world.channel(*id).await.settled != *amount {
+            let on_chain = world.channel(*id).await;
+            let done = if self.finalized.contains(id) {
+                on_chain.finalized
+            } else {
+                on_chain.settled == *amount
+            };
+            if !done {
                 return false;
             }
         }
@@ -69,7 +86,12 @@ impl Book {
 
     async fn assert_exact(&self, world: &World, phase: &str) {
         for (id, (_, amount)) in &self.channels {
-            assert_eq!(world.channel(*id).await.settled, *amount, "{phase}: {id}");
+            let on_chain = world.channel(*id).await;
+            if self.finalized.contains(id) {
+                assert!(on_chain.finalized, "{phase}: {id}");
+            } else {
+                assert_eq!(on_chain.settled, *amount, "{phase}: {id}");
+            }
         }
         let total: u128 = self.channels.values().map(|(_, a)| a).sum();
         assert_eq!(
@@ -194,14 +216,18 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     );
     mine_until_settled(&world, &book, "settled after a competing nonce").await;
     book.assert_exact(&world, "competing nonce").await;
-    let text = daemon.metrics().await;
-    assert!(
-        metric(
-            &text,
-            "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}"
-        ) >= Some(1),
-        "{text}"
-    );
+    eventually(
+        "sluice_daemon_transactions_total{outcome=\"nonce_taken\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(
+                &text,
+                "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}",
+            ) >= Some(1)
+        },
+    )
+    .await;
     assert!(daemon.terminate().success());
 
     // 6. A stuck transaction is replaced (same nonce, fees bumped ≥ 12.5%).
@@ -234,14 +260,67 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     assert!(new_fee * 8 >= fee * 9, "fee {fee} bumped to {new_fee}");
     mine_until_settled(&world, &book, "settled after a replacement").await;
     book.assert_exact(&world, "replacement").await;
-    let text = daemon.metrics().await;
-    assert!(
-        metric(
-            &text,
-            "sluice_daemon_transactions_total{outcome=\"replaced\"}"
-        ) >= Some(1),
-        "{text}"
-    );
+    eventually(
+        "sluice_daemon_transactions_total{outcome=\"replaced\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(
+                &text,
+                "sluice_daemon_transactions_total{outcome=\"replaced\"}",
+            ) >= Some(1)
+        },
+    )
+    .await;
+
+    // 7. A batch item the escrow skips: while the daemon is down with a batch recorded, the
+    //    batch is dropped from the pool and one of its channels is finalized by its payer
+    //    (requestClose, the grace period, withdraw: the watchtower was away too long). The
+    //    restarted daemon broadcasts the recorded batch again; the escrow skips that item
+    //    (`SettleSkipped`), settles the rest; the daemon drops the item and the money is exact.
+    let lost = *book.channels.keys().next().expect("a channel");
+    let settled_before = world.channel(lost).await.settled;
+    book.pay_one(&world, &mut rng, lost).await;
+    let (_, batch, _) = pending_tx(&world, payee).await;
+    daemon.kill();
+    world
+        .rpc("anvil_dropTransaction", serde_json::json!([batch]))
+        .await;
+    let payer_index = book.channels[&lost].0;
+    let request = book.payers[payer_index].request_close(lost);
+    world
+        .rpc("eth_sendRawTransaction", serde_json::json!([request]))
+        .await;
+    world.mine().await;
+    world
+        .rpc(
+            "evm_increaseTime",
+            serde_json::json!([support::world::GRACE + 1]),
+        )
+        .await;
+    let withdraw = book.payers[payer_index].withdraw(lost);
+    world
+        .rpc("eth_sendRawTransaction", serde_json::json!([withdraw]))
+        .await;
+    world.mine().await;
+    assert!(world.channel(lost).await.finalized, "the payer withdrew");
+    // The payee keeps what was settled before; the lost increment went back to the payer.
+    book.channels.get_mut(&lost).expect("channel").1 = settled_before;
+    book.finalized.insert(lost);
+    let mut daemon = world.start_daemon(&config);
+    let (_, again, _) = pending_tx(&world, payee).await;
+    assert_eq!(again, batch, "the recorded batch, broadcast again");
+    mine_until_settled(&world, &book, "settled after a skipped item").await;
+    book.assert_exact(&world, "skipped item").await;
+    eventually(
+        "sluice_daemon_errors_total{kind=\"skipped_item\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}") >= Some(1)
+        },
+    )
+    .await;
     assert!(daemon.terminate().success());
     world.automine(true).await;
 }

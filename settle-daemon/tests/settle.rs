@@ -203,3 +203,37 @@ async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine(
     );
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_with_a_reason_while_the_feed_refuses_the_token() {
+    const WRONG: &str = "a-wrong-but-well-formed-feed-token-0123456789";
+    let world = World::start().await;
+    let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
+    let mut daemon = world.start_daemon_with_env(
+        &config,
+        &[
+            ("SLUICE_DAEMON_FEED_TOKEN__ENV", "SLUICE_TEST_WRONG_TOKEN"),
+            ("SLUICE_TEST_WRONG_TOKEN", WRONG),
+        ],
+    );
+    eventually("feed errors counted", Duration::from_secs(20), || async {
+        metric(
+            &daemon.metrics().await,
+            "sluice_daemon_errors_total{kind=\"feed\"}",
+        ) >= Some(1)
+    })
+    .await;
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["status"], "unhealthy");
+    assert!(
+        body["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("feed:"),
+        "{body}"
+    );
+    assert!(daemon.terminate().success());
+    assert!(!world.daemon_logs().contains(WRONG));
+}
