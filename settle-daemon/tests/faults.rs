@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
+use alloy::providers::Provider;
 use support::flaky_proxy::{Fault, FlakyProxy};
 use support::world::{DaemonSettings, PRICE, Payer, Rng, World, eventually, metric};
 
@@ -323,4 +324,67 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     .await;
     assert!(daemon.terminate().success());
     world.automine(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_pays_twice_and_never_loses_a_voucher() {
+    let world = World::start().await;
+    let mut rng = Rng::new(9);
+    let mut book = Book::open(&world, 8).await;
+    book.pay(&world, &mut rng, 40).await;
+    // Small batches: many transactions, so kills land between and inside them.
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            batch_size: 2,
+            ..DaemonSettings::default()
+        },
+    );
+    for round in 0..6 {
+        let mut daemon = world.start_daemon(&config);
+        // Kill after a random number of further settlements (read from the chain), with new
+        // vouchers arriving meanwhile.
+        let seen = world.settled_events().await.len();
+        let more = 1 + rng.below(4) as usize;
+        book.pay(&world, &mut rng, 3).await;
+        eventually(
+            "some settlements before the kill",
+            Duration::from_secs(60),
+            || async { world.settled_events().await.len() >= seen + more },
+        )
+        .await;
+        daemon.kill();
+        // Whatever happened, the escrow never paid above a voucher the engine holds.
+        for (id, (_, amount)) in &book.channels {
+            assert!(world.channel(*id).await.settled <= *amount, "round {round}");
+        }
+    }
+    let mut daemon = world.start_daemon(&config);
+    eventually(
+        "everything settled after the kills",
+        Duration::from_secs(90),
+        || async { book.all_settled(&world).await },
+    )
+    .await;
+    book.assert_exact(&world, "random kills").await;
+    // Nothing was sent twice: the escrow never had to skip an already-settled voucher.
+    let skipped = world
+        .chain
+        .get_logs(
+            &alloy::rpc::types::Filter::new()
+                .address(world.escrow)
+                .from_block(0)
+                .event_signature(
+                    <sluice_contracts::SluiceEscrow::SettleSkipped as alloy::sol_types::SolEvent>::SIGNATURE_HASH,
+                ),
+        )
+        .await
+        .expect("logs");
+    assert!(skipped.is_empty(), "{} items skipped", skipped.len());
+    assert!(daemon.terminate().success());
+    let logs = world.daemon_logs();
+    eprintln!(
+        "random kills: {} recorded transactions reconciled after a kill",
+        logs.matches("reconciling a recorded transaction").count()
+    );
 }
