@@ -448,7 +448,7 @@ env = "SLUICE_TEST_FEED_TOKEN"
 rpc_url = "{rpc_url}"
 chain_id = {CHAIN_ID}
 escrow = "{escrow}"
-confirmations = 1
+confirmations = {confirmations}
 start_block = 0
 poll_ms = 50
 replace_after_secs = {replace}
@@ -479,6 +479,7 @@ tick_ms = 100
             admin = self.admin,
             escrow = self.escrow,
             replace = settings.replace_after_secs,
+            confirmations = settings.confirmations,
             key = key_file.display(),
             min = settings.min_unsettled_amount,
             batch = settings.batch_size,
@@ -611,6 +612,8 @@ pub struct DaemonSettings {
     pub min_unsettled_amount: u128,
     /// `chain.replace_after_secs`.
     pub replace_after_secs: u64,
+    /// `chain.confirmations`.
+    pub confirmations: u64,
 }
 
 impl Default for DaemonSettings {
@@ -619,6 +622,7 @@ impl Default for DaemonSettings {
             batch_size: 50,
             min_unsettled_amount: 1,
             replace_after_secs: 600,
+            confirmations: 1,
         }
     }
 }
