@@ -700,8 +700,8 @@ impl Daemon {
                 }
             }
             state.finish_tx(record, &facts)?;
-            for (id, _) in &mined.settled {
-                state.clear_unsettled_age(id)?;
+            for (id, settled) in &mined.settled {
+                state.settlement_confirmed(id, *settled, unix_now())?;
             }
         }
         for (id, _) in &mined.closed {

@@ -513,10 +513,19 @@ impl DaemonState {
         self.flush()
     }
 
-    /// Clears the unsettled age of `channel` (its voucher was settled).
-    pub fn clear_unsettled_age(&mut self, channel: &ChannelId) -> Result<(), StateError> {
+    /// Restarts the unsettled age of `channel` after a settlement of `settled` confirmed at
+    /// `now`: cleared when the stored voucher is covered, otherwise (a higher voucher arrived
+    /// while the settlement was in flight) the remaining tail is unsettled since `now`, so the
+    /// age threshold still settles it instead of leaving it to the close.
+    pub fn settlement_confirmed(
+        &mut self,
+        channel: &ChannelId,
+        settled: u128,
+        now: u64,
+    ) -> Result<(), StateError> {
         if let Some(mut facts) = self.engine_facts(channel)? {
-            facts.first_unsettled_at = 0;
+            let voucher = self.voucher(channel)?.map_or(0, |v| v.amount);
+            facts.first_unsettled_at = if voucher > settled { now.max(1) } else { 0 };
             self.tree
                 .insert(key(PREFIX_ENGINE, channel), &encode_engine(&facts)[..])?;
             self.flush()?;

@@ -285,7 +285,12 @@ fn feed_entries_store_vouchers_engine_facts_and_the_cursor_together() {
             })
         ));
         assert_eq!(state.engine_channels().unwrap(), before);
-        state.clear_unsettled_age(&id(1)).unwrap();
+        // A settlement below the stored voucher (100) leaves a tail: its age restarts then.
+        state.settlement_confirmed(&id(1), 60, 4_000).unwrap();
+        let facts = state.engine_facts(&id(1)).unwrap().unwrap();
+        assert_eq!(facts.first_unsettled_at, 4_000);
+        // A settlement covering the voucher clears the age.
+        state.settlement_confirmed(&id(1), 100, 5_000).unwrap();
     }
     let state = DaemonState::open(dir.path()).unwrap();
     assert_eq!(state.feed_cursor().unwrap(), 7);
