@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod client;
 mod facade;
 pub mod feed;
 pub mod http;

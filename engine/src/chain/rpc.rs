@@ -406,7 +406,7 @@ const RATE_LIMIT_CODES: [i64; 2] = [429, -32005];
 /// | connection refused/reset/closed, timeout, truncated body | `Transport` |
 /// | request could not be built (bad URL scheme, ...) | `Rejected` |
 /// | answer is not the expected JSON (or `null`) | `Decode` |
-fn classify(operation: &'static str, error: TransportError) -> ChainError {
+pub(crate) fn classify(operation: &'static str, error: TransportError) -> ChainError {
     let kind = match &error {
         RpcError::ErrorResp(payload) if RATE_LIMIT_CODES.contains(&payload.code) => {
             ChainErrorKind::Transport
