@@ -304,11 +304,16 @@ async fn run(args: Args) -> Result<bool, DemoError> {
     step(
         started,
         format!(
-            "agents done in {:.1}s: {} requests, {} SSE tokens, {} failures",
+            "agents done in {:.1}s: {} requests, {} SSE tokens, {} vouchers, {} opens, {} top-ups, {} failures; {} of {} agents refused a request beyond their cap",
             agents_elapsed.as_secs_f64(),
             progress.requests.load(Ordering::Relaxed),
             progress.tokens.load(Ordering::Relaxed),
-            progress.failures.load(Ordering::Relaxed)
+            agents.iter().map(|a| a.client.stats().vouchers_signed).sum::<u64>(),
+            agents.iter().map(|a| a.client.stats().opens).sum::<u64>(),
+            agents.iter().map(|a| a.client.stats().top_ups).sum::<u64>(),
+            progress.failures.load(Ordering::Relaxed),
+            reports.iter().filter(|r| r.cap_refused == Some(true)).count(),
+            reports.len()
         ),
     );
 
@@ -372,7 +377,7 @@ async fn run(args: Args) -> Result<bool, DemoError> {
             .client
             .channels()
             .first()
-            .map_or(0, |s| s.cumulative);
+            .map_or(0, |s| s.signed);
         facts.push(ChannelFacts {
             agent: *index,
             channel: *id,
