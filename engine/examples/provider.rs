@@ -10,7 +10,8 @@
 //!
 //! Routes: `GET /paid` (one unit), `GET /stream?tokens=N` (one unit per token, vouchers POSTed
 //! to the same URL while the stream runs), `GET /free`. Admin (bearer token):
-//! `GET /channels/{id}` and the settlement feed `GET /feed` (token ≥ 32 characters); public:
+//! `GET /channels/{id}`, `POST /channels/{id}/refresh` (re-read the escrow now; the settlement
+//! daemon calls it) and the settlement feed `GET /feed` (token ≥ 32 characters); public:
 //! `GET /openapi.json`. Prints `LISTENING http://ADDR` (then `ADMIN http://ADDR`) on stdout
 //! once bound; stops gracefully on SIGTERM or Ctrl-C.
 
@@ -19,22 +20,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, B256};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use alloy_primitives::Address;
+use axum::extract::Query;
+use axum::http::Method;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use futures_util::stream;
 use sluice_engine::chain::{RpcChain, RpcChainConfig, RpcUrl};
+use sluice_engine::http::admin_router;
 use sluice_engine::http::feed::{FeedAuth, feed_router};
 use sluice_engine::http::openapi::{OpenApiDoc, openapi_router};
 use sluice_engine::http::{Payment, PaymentLayer, PaymentOptions, SseMeter};
 use sluice_engine::protocol::{ChallengeSecret, Timestamp};
-use sluice_engine::store::{ChannelStatus, ChannelStore, Durability, SledStore};
+use sluice_engine::store::{ChannelStore, Durability, SledStore};
 use sluice_engine::{Engine, EngineConfig, RoutePrice};
-use subtle::ConstantTimeEq;
 
 type ProviderEngine = Engine<SledStore, RpcChain>;
 
@@ -182,69 +183,11 @@ fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
         .route("/free", get(|| async { "free content" })))
 }
 
-#[derive(Clone)]
-struct Admin {
-    engine: Arc<ProviderEngine>,
-    token: Arc<str>,
-}
-
-fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    bool::from(given.as_bytes().ct_eq(admin.token.as_bytes()))
-}
-
-/// `GET /channels/{id}`: the engine's view of one channel.
-async fn channel(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !authorized(&admin, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Ok(id) = id.parse::<B256>() else {
-        return (StatusCode::BAD_REQUEST, "channel id must be 0x + 64 hex").into_response();
-    };
-    match admin.engine.channel(&id) {
-        Ok(Some(record)) => Json(serde_json::json!({
-            "channelId": record.channel_id.to_string(),
-            "acceptedCumulative": record.accepted_cumulative.to_string(),
-            "spent": record.spent.to_string(),
-            "units": record.units,
-            "deposit": record.deposit.to_string(),
-            "settled": record.settled.to_string(),
-            "status": match record.status {
-                ChannelStatus::Opening => "opening",
-                ChannelStatus::Open => "open",
-                ChannelStatus::Closing => "closing",
-                ChannelStatus::Closed => "closed",
-            },
-            "finalized": record.finalized,
-        }))
-        .into_response(),
-        Ok(None) => StatusCode::NOT_FOUND.into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
 fn admin_app(engine: Arc<ProviderEngine>, token: &str) -> Result<Router, String> {
-    // The settlement feed for the daemon, behind the same bearer token; only ever on the admin
-    // listener.
-    let feed = feed_router(
-        Arc::clone(&engine),
-        FeedAuth::new(token).map_err(|e| format!("--admin-token: {e}"))?,
-    );
-    Ok(Router::new()
-        .route("/channels/{id}", get(channel))
-        .with_state(Admin {
-            engine,
-            token: token.into(),
-        })
-        .merge(feed))
+    // The settlement feed and the admin routes (channel introspection, forced chain refresh for
+    // the settlement daemon), behind one bearer token; only ever on the admin listener.
+    let auth = FeedAuth::new(token).map_err(|e| format!("--admin-token: {e}"))?;
+    Ok(admin_router(Arc::clone(&engine), auth.clone()).merge(feed_router(engine, auth)))
 }
 
 async fn shutdown_signal() {

@@ -281,10 +281,34 @@ pub struct ChainConfig {
     /// The first block to scan escrow events from on a fresh database.
     #[serde(default)]
     pub start_block: u64,
+    /// The most blocks one `eth_getLogs` call covers.
+    #[serde(default = "default_log_range")]
+    pub log_range: u64,
+    /// How often a submitted transaction's receipt is polled, milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// A transaction not mined after this many seconds is replaced (same nonce, fees bumped).
+    #[serde(default = "default_replace_after_secs")]
+    pub replace_after_secs: u64,
+    /// Timeout of one JSON-RPC request, milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
 }
 
 fn default_confirmations() -> u64 {
     2
+}
+fn default_log_range() -> u64 {
+    2_000
+}
+fn default_poll_ms() -> u64 {
+    1_000
+}
+fn default_replace_after_secs() -> u64 {
+    60
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `[policy]`; amounts are decimal strings or integers (token base units, wei).
@@ -311,11 +335,23 @@ pub struct PolicySection {
     pub close_grace_period_secs: u64,
     /// See [`PolicyConfig::watchtower_margin_secs`].
     pub watchtower_margin_secs: u64,
+    /// What one gas costs in the channel token's base units ([`crate::policy::Market`]'s
+    /// `token_per_gas`): `gas_per_item × token_per_gas` is an item's cost in tokens, and a
+    /// channel whose unsettled amount is below it is not settled (unprofitable). `0` (the
+    /// default) prices gas at nothing in tokens: every channel past a threshold is settled.
+    #[serde(default = "Amount::zero")]
+    pub token_per_gas: Amount,
 }
 
 /// A `u128` written as an integer (up to `i64::MAX`, TOML's limit) or a decimal string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Amount(pub u128);
+
+impl Amount {
+    fn zero() -> Self {
+        Self(0)
+    }
+}
 
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -363,6 +399,10 @@ pub struct ServiceConfig {
     /// Seconds between planning rounds when nothing wakes the daemon earlier.
     #[serde(default = "default_tick_secs")]
     pub tick_secs: u64,
+    /// The planning interval in milliseconds; when set it replaces `tick_secs` (sub-second
+    /// ticks for tests and demos).
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
 }
 
 impl Default for ServiceConfig {
@@ -370,6 +410,17 @@ impl Default for ServiceConfig {
         Self {
             listen: default_listen(),
             tick_secs: default_tick_secs(),
+            tick_ms: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The planning interval: `tick_ms` if set, else `tick_secs`.
+    pub fn tick(&self) -> std::time::Duration {
+        match self.tick_ms {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => std::time::Duration::from_secs(self.tick_secs),
         }
     }
 }
@@ -536,6 +587,40 @@ impl Config {
         }
         if self.service.tick_secs == 0 {
             return invalid("service.tick_secs", "0".into(), "must be at least 1");
+        }
+        if let Some(ms) = self.service.tick_ms
+            && !(10..=3_600_000).contains(&ms)
+        {
+            return invalid(
+                "service.tick_ms",
+                ms.to_string(),
+                "must be 10..=3600000",
+            );
+        }
+        let c = &self.chain;
+        if c.log_range == 0 || c.log_range > 100_000 {
+            return invalid(
+                "chain.log_range",
+                c.log_range.to_string(),
+                "must be 1..=100000",
+            );
+        }
+        if !(10..=60_000).contains(&c.poll_ms) {
+            return invalid("chain.poll_ms", c.poll_ms.to_string(), "must be 10..=60000");
+        }
+        if c.replace_after_secs == 0 {
+            return invalid(
+                "chain.replace_after_secs",
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+        if !(100..=120_000).contains(&c.request_timeout_ms) {
+            return invalid(
+                "chain.request_timeout_ms",
+                c.request_timeout_ms.to_string(),
+                "must be 100..=120000",
+            );
         }
         Ok(())
     }

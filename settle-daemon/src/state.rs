@@ -19,9 +19,10 @@
 
 use std::path::Path;
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256, Bytes};
+use serde::{Deserialize, Serialize};
 
-use crate::policy::{ChannelId, SIGNATURE_LEN, Voucher};
+use crate::policy::{ChannelId, EngineStatus, SIGNATURE_LEN, Voucher};
 
 /// Why reading or writing the daemon's state failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,14 @@ pub enum StateError {
         /// The block proposed.
         proposed: u64,
     },
+    /// A transaction record could not be encoded.
+    #[error("encoding the transaction record of nonce {nonce}: {reason}")]
+    Encode {
+        /// The record's nonce.
+        nonce: u64,
+        /// The encoder's message.
+        reason: String,
+    },
     /// A submission would carry less than the one already recorded for the channel.
     #[error("submission of {proposed} for channel {channel} is below the recorded {recorded}")]
     SubmissionRegression {
@@ -83,6 +92,12 @@ const KEY_CURSOR: &[u8] = b"m/feed_cursor";
 const KEY_BLOCK: &[u8] = b"m/last_block";
 const PREFIX_VOUCHER: u8 = b'v';
 const PREFIX_SUBMISSION: u8 = b's';
+const PREFIX_CHAIN: u8 = b'c';
+const PREFIX_ENGINE: u8 = b'e';
+const PREFIX_REFUSED: u8 = b'k';
+const PREFIX_TX: u8 = b'x';
+const CHAIN_LEN: usize = 1 + 1 + 80 + 32 + 16 + 16 + 8;
+const ENGINE_LEN: usize = 1 + 1 + 80 + 16 + 16 + 8 + 8;
 const VOUCHER_LEN: usize = 1 + 16 + SIGNATURE_LEN;
 const SUBMISSION_LEN: usize = 1 + 1 + 32 + 8 + 16 + 8;
 
@@ -274,6 +289,433 @@ impl DaemonState {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// What the escrow's events (and batch reads) say about one of the payee's channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainFacts {
+    /// The payer (zero until `ChannelOpened` or a read was seen).
+    pub payer: Address,
+    /// The payee.
+    pub payee: Address,
+    /// The token.
+    pub token: Address,
+    /// The authorized signer (zero: the payer signs).
+    pub authorized_signer: Address,
+    /// The salt, from `ChannelOpened` only (a `settleBatch` item needs it).
+    pub salt: Option<B256>,
+    /// The deposit.
+    pub deposit: u128,
+    /// The settled amount.
+    pub settled: u128,
+    /// Unix seconds of a pending close request, 0 when none.
+    pub close_requested_at: u64,
+    /// Finalized (closed or withdrawn): nothing can move any more.
+    pub finalized: bool,
+}
+
+/// What the engine's feed last said about a channel (besides the voucher, kept separately).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// The engine's status.
+    pub status: EngineStatus,
+    /// The payer, as the engine cached it.
+    pub payer: Address,
+    /// The payee.
+    pub payee: Address,
+    /// The token.
+    pub token: Address,
+    /// The authorized signer.
+    pub authorized_signer: Address,
+    /// The deposit the engine last saw.
+    pub deposit: u128,
+    /// The settled amount the engine last saw.
+    pub settled: u128,
+    /// The close request the engine last saw (0: none).
+    pub close_requested_at: u64,
+    /// Unix seconds since which the daemon holds an unsettled voucher for the channel (0:
+    /// none). Set when a voucher arrives, cleared when a settlement of it is confirmed.
+    pub first_unsettled_at: u64,
+}
+
+/// Which transaction a [`TxRecord`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxKind {
+    /// `settleBatch`.
+    SettleBatch,
+    /// `close`.
+    Close,
+}
+
+/// One broadcast of a transaction (the first one, or a replacement with higher fees).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxAttempt {
+    /// The transaction hash.
+    pub hash: B256,
+    /// `maxFeePerGas`, wei.
+    pub max_fee_per_gas: u128,
+    /// `maxPriorityFeePerGas`, wei.
+    pub max_priority_fee_per_gas: u128,
+    /// The signed EIP-2718 bytes, so a restarted daemon can broadcast exactly the same.
+    pub raw: Bytes,
+    /// Unix seconds when it was (last) broadcast.
+    pub sent_at: u64,
+}
+
+/// A transaction the daemon signed, recorded **before** its first broadcast: its nonce, what
+/// it carries and every attempt (any of them may be the one mined).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    /// The account nonce.
+    pub nonce: u64,
+    /// `settleBatch` or `close`.
+    pub kind: TxKind,
+    /// The channels and the voucher amount each carries, in calldata order.
+    pub channels: Vec<(ChannelId, u128)>,
+    /// The gas limit.
+    pub gas_limit: u64,
+    /// Broadcasts, oldest first; never empty once recorded.
+    pub attempts: Vec<TxAttempt>,
+}
+
+impl DaemonState {
+    /// The chain facts stored for `channel`.
+    pub fn chain_facts(&self, channel: &ChannelId) -> Result<Option<ChainFacts>, StateError> {
+        let key = key(PREFIX_CHAIN, channel);
+        self.tree
+            .get(key)?
+            .map(|v| decode_chain(&v).ok_or_else(|| corrupt("chain facts", &key, v.len())))
+            .transpose()
+    }
+
+    /// The engine facts stored for `channel`.
+    pub fn engine_facts(&self, channel: &ChannelId) -> Result<Option<EngineFacts>, StateError> {
+        let key = key(PREFIX_ENGINE, channel);
+        self.tree
+            .get(key)?
+            .map(|v| decode_engine(&v).ok_or_else(|| corrupt("engine facts", &key, v.len())))
+            .transpose()
+    }
+
+    /// Every channel the feed named, in id order.
+    pub fn engine_channels(&self) -> Result<Vec<(ChannelId, EngineFacts)>, StateError> {
+        self.tree
+            .scan_prefix([PREFIX_ENGINE])
+            .map(|item| {
+                let (k, v) = item?;
+                let channel = channel_of(&k)?;
+                let facts = decode_engine(&v).ok_or_else(|| corrupt("engine facts", &k, v.len()))?;
+                Ok((channel, facts))
+            })
+            .collect()
+    }
+
+    /// Stores a feed page (vouchers that grow, each channel's engine facts) and moves the
+    /// cursor to `next`, in one atomic batch. `now` (unix seconds) starts a channel's
+    /// unsettled age when its voucher is above what is known settled.
+    pub fn apply_feed_entries(
+        &mut self,
+        entries: &[sluice_engine::http::feed::FeedEntryDto],
+        next: u64,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let stored = self.feed_cursor()?;
+        if next < stored {
+            return Err(StateError::CursorRegression {
+                stored,
+                proposed: next,
+            });
+        }
+        let mut batch = sled::Batch::default();
+        let mut vouchers: std::collections::BTreeMap<ChannelId, u128> = Default::default();
+        let mut engine: std::collections::BTreeMap<ChannelId, EngineFacts> = Default::default();
+        for entry in entries {
+            let channel = entry.channel_id;
+            let current = match vouchers.get(&channel) {
+                Some(amount) => Some(*amount),
+                None => self.voucher(&channel)?.map(|v| v.amount),
+            };
+            let voucher_amount = match entry.signature {
+                Some(signature) if current.is_none_or(|a| a < entry.cumulative_amount) => {
+                    let voucher = Voucher {
+                        amount: entry.cumulative_amount,
+                        signature,
+                    };
+                    batch.insert(
+                        &key(PREFIX_VOUCHER, &channel)[..],
+                        &encode_voucher(&voucher)[..],
+                    );
+                    vouchers.insert(channel, voucher.amount);
+                    voucher.amount
+                }
+                _ => current.unwrap_or(0),
+            };
+            let previous = match engine.get(&channel) {
+                Some(facts) => Some(*facts),
+                None => self.engine_facts(&channel)?,
+            };
+            let chain_settled = self.chain_facts(&channel)?.map_or(0, |c| c.settled);
+            let settled = entry.settled.max(chain_settled);
+            let first_unsettled_at = match previous.map_or(0, |p| p.first_unsettled_at) {
+                0 if voucher_amount > settled => now,
+                since => since,
+            };
+            let facts = EngineFacts {
+                status: match entry.status {
+                    sluice_engine::store::ChannelStatus::Opening => EngineStatus::Opening,
+                    sluice_engine::store::ChannelStatus::Open => EngineStatus::Open,
+                    sluice_engine::store::ChannelStatus::Closing => EngineStatus::Closing,
+                    sluice_engine::store::ChannelStatus::Closed => EngineStatus::Closed,
+                },
+                payer: entry.payer,
+                payee: entry.payee,
+                token: entry.token,
+                authorized_signer: entry.authorized_signer,
+                deposit: entry.deposit,
+                settled: entry.settled,
+                close_requested_at: entry.close_requested_at,
+                first_unsettled_at,
+            };
+            batch.insert(&key(PREFIX_ENGINE, &channel)[..], &encode_engine(&facts)[..]);
+            engine.insert(channel, facts);
+        }
+        batch.insert(KEY_CURSOR, &next.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Stores chain facts folded from escrow events (or batch reads) and, if given, moves the
+    /// last processed block, in one atomic batch.
+    pub fn apply_chain_facts(
+        &mut self,
+        facts: &[(ChannelId, ChainFacts)],
+        last_block: Option<u64>,
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        if let Some(block) = last_block {
+            let stored = self.last_block()?;
+            if block < stored {
+                return Err(StateError::BlockRegression {
+                    stored,
+                    proposed: block,
+                });
+            }
+            batch.insert(KEY_BLOCK, &block.to_be_bytes());
+        }
+        for (channel, f) in facts {
+            batch.insert(&key(PREFIX_CHAIN, channel)[..], &encode_chain(f)[..]);
+        }
+        self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Clears the unsettled age of `channel` (its voucher was settled).
+    pub fn clear_unsettled_age(&mut self, channel: &ChannelId) -> Result<(), StateError> {
+        if let Some(mut facts) = self.engine_facts(channel)? {
+            facts.first_unsettled_at = 0;
+            self.tree
+                .insert(key(PREFIX_ENGINE, channel), &encode_engine(&facts)[..])?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Records that the escrow refused `channel`'s voucher of `amount` for a reason a retry
+    /// cannot fix (bad signature): it is not submitted again until a higher voucher arrives.
+    pub fn record_refused(&mut self, channel: &ChannelId, amount: u128) -> Result<(), StateError> {
+        self.tree
+            .insert(key(PREFIX_REFUSED, channel), &amount.to_be_bytes())?;
+        self.flush()
+    }
+
+    /// The highest voucher amount the escrow refused for `channel`, if any.
+    pub fn refused(&self, channel: &ChannelId) -> Result<Option<u128>, StateError> {
+        let key = key(PREFIX_REFUSED, channel);
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => <[u8; 16]>::try_from(v.as_ref())
+                .map(|b| Some(u128::from_be_bytes(b)))
+                .map_err(|_| corrupt("refused", &key, v.len())),
+        }
+    }
+
+    /// Records a transaction and, for each channel it carries, its [`Submission`], in one
+    /// atomic batch: called before every broadcast (first or replacement).
+    pub fn record_tx(&mut self, tx: &TxRecord) -> Result<(), StateError> {
+        let attempt = tx.attempts.last().ok_or_else(|| StateError::Encode {
+            nonce: tx.nonce,
+            reason: "no attempt".into(),
+        })?;
+        let mut batch = sled::Batch::default();
+        for (channel, amount) in &tx.channels {
+            if let Some(recorded) = self.submission(channel)?
+                && recorded.nonce != tx.nonce
+                && recorded.amount > *amount
+            {
+                return Err(StateError::SubmissionRegression {
+                    channel: *channel,
+                    recorded: recorded.amount,
+                    proposed: *amount,
+                });
+            }
+            let submission = Submission {
+                kind: match tx.kind {
+                    TxKind::SettleBatch => SubmissionKind::Settle,
+                    TxKind::Close => SubmissionKind::Close,
+                },
+                tx_hash: attempt.hash,
+                nonce: tx.nonce,
+                amount: *amount,
+                submitted_at: attempt.sent_at,
+            };
+            batch.insert(
+                &key(PREFIX_SUBMISSION, channel)[..],
+                &encode_submission(&submission)[..],
+            );
+        }
+        let mut value = vec![FORMAT];
+        serde_json::to_writer(&mut value, tx).map_err(|e| StateError::Encode {
+            nonce: tx.nonce,
+            reason: e.to_string(),
+        })?;
+        batch.insert(&tx_key(tx.nonce)[..], value);
+        self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Every recorded transaction, by nonce.
+    pub fn txs(&self) -> Result<Vec<TxRecord>, StateError> {
+        self.tree
+            .scan_prefix([PREFIX_TX])
+            .map(|item| {
+                let (k, v) = item?;
+                decode_tx(&v).ok_or_else(|| corrupt("transaction", &k, v.len()))
+            })
+            .collect()
+    }
+
+    /// Forgets a finished transaction (mined and applied, or its nonce taken by another) and
+    /// the submissions it holds, and stores `facts` learnt from its receipt, in one batch.
+    pub fn finish_tx(
+        &mut self,
+        tx: &TxRecord,
+        facts: &[(ChannelId, ChainFacts)],
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (channel, _) in &tx.channels {
+            if self
+                .submission(channel)?
+                .is_some_and(|s| s.nonce == tx.nonce)
+            {
+                batch.remove(&key(PREFIX_SUBMISSION, channel)[..]);
+            }
+        }
+        for (channel, f) in facts {
+            batch.insert(&key(PREFIX_CHAIN, channel)[..], &encode_chain(f)[..]);
+        }
+        batch.remove(&tx_key(tx.nonce)[..]);
+        self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+}
+
+fn tx_key(nonce: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = PREFIX_TX;
+    key[1..].copy_from_slice(&nonce.to_be_bytes());
+    key
+}
+
+fn decode_tx(bytes: &[u8]) -> Option<TxRecord> {
+    let (format, body) = bytes.split_first()?;
+    if *format != FORMAT {
+        return None;
+    }
+    let tx: TxRecord = serde_json::from_slice(body).ok()?;
+    (!tx.attempts.is_empty()).then_some(tx)
+}
+
+fn channel_of(k: &[u8]) -> Result<ChannelId, StateError> {
+    (k.len() == 33)
+        .then(|| B256::from_slice(&k[1..]))
+        .ok_or_else(|| corrupt("channel key", k, k.len()))
+}
+
+fn encode_chain(f: &ChainFacts) -> [u8; CHAIN_LEN] {
+    let mut out = [0u8; CHAIN_LEN];
+    out[0] = FORMAT;
+    out[1] = u8::from(f.salt.is_some()) | u8::from(f.finalized) << 1;
+    out[2..22].copy_from_slice(f.payer.as_slice());
+    out[22..42].copy_from_slice(f.payee.as_slice());
+    out[42..62].copy_from_slice(f.token.as_slice());
+    out[62..82].copy_from_slice(f.authorized_signer.as_slice());
+    out[82..114].copy_from_slice(f.salt.unwrap_or_default().as_slice());
+    out[114..130].copy_from_slice(&f.deposit.to_be_bytes());
+    out[130..146].copy_from_slice(&f.settled.to_be_bytes());
+    out[146..154].copy_from_slice(&f.close_requested_at.to_be_bytes());
+    out
+}
+
+fn decode_chain(bytes: &[u8]) -> Option<ChainFacts> {
+    let b: &[u8; CHAIN_LEN] = bytes.try_into().ok()?;
+    if b[0] != FORMAT || b[1] > 3 {
+        return None;
+    }
+    Some(ChainFacts {
+        payer: Address::from_slice(&b[2..22]),
+        payee: Address::from_slice(&b[22..42]),
+        token: Address::from_slice(&b[42..62]),
+        authorized_signer: Address::from_slice(&b[62..82]),
+        salt: (b[1] & 1 == 1).then(|| B256::from_slice(&b[82..114])),
+        deposit: u128::from_be_bytes(b[114..130].try_into().ok()?),
+        settled: u128::from_be_bytes(b[130..146].try_into().ok()?),
+        close_requested_at: u64::from_be_bytes(b[146..154].try_into().ok()?),
+        finalized: b[1] & 2 == 2,
+    })
+}
+
+fn encode_engine(f: &EngineFacts) -> [u8; ENGINE_LEN] {
+    let mut out = [0u8; ENGINE_LEN];
+    out[0] = FORMAT;
+    out[1] = match f.status {
+        EngineStatus::Opening => 0,
+        EngineStatus::Open => 1,
+        EngineStatus::Closing => 2,
+        EngineStatus::Closed => 3,
+    };
+    out[2..22].copy_from_slice(f.payer.as_slice());
+    out[22..42].copy_from_slice(f.payee.as_slice());
+    out[42..62].copy_from_slice(f.token.as_slice());
+    out[62..82].copy_from_slice(f.authorized_signer.as_slice());
+    out[82..98].copy_from_slice(&f.deposit.to_be_bytes());
+    out[98..114].copy_from_slice(&f.settled.to_be_bytes());
+    out[114..122].copy_from_slice(&f.close_requested_at.to_be_bytes());
+    out[122..130].copy_from_slice(&f.first_unsettled_at.to_be_bytes());
+    out
+}
+
+fn decode_engine(bytes: &[u8]) -> Option<EngineFacts> {
+    let b: &[u8; ENGINE_LEN] = bytes.try_into().ok()?;
+    if b[0] != FORMAT {
+        return None;
+    }
+    Some(EngineFacts {
+        status: match b[1] {
+            0 => EngineStatus::Opening,
+            1 => EngineStatus::Open,
+            2 => EngineStatus::Closing,
+            3 => EngineStatus::Closed,
+            _ => return None,
+        },
+        payer: Address::from_slice(&b[2..22]),
+        payee: Address::from_slice(&b[22..42]),
+        token: Address::from_slice(&b[42..62]),
+        authorized_signer: Address::from_slice(&b[62..82]),
+        deposit: u128::from_be_bytes(b[82..98].try_into().ok()?),
+        settled: u128::from_be_bytes(b[98..114].try_into().ok()?),
+        close_requested_at: u64::from_be_bytes(b[114..122].try_into().ok()?),
+        first_unsettled_at: u64::from_be_bytes(b[122..130].try_into().ok()?),
+    })
 }
 
 fn key(prefix: u8, channel: &ChannelId) -> [u8; 33] {

@@ -26,8 +26,7 @@ use alloy_primitives::{Address, B256, Bytes};
 
 pub use cache::{ChainFactsError, DEFAULT_CHAIN_FACTS_TTL, apply_chain_facts, needs_refresh};
 pub use raw_tx::RawTransaction;
-pub(crate) use rpc::classify as classify_rpc_error;
-pub use rpc::{RpcChain, RpcChainConfig, RpcUrl};
+pub use rpc::{RpcChain, RpcChainConfig, RpcUrl, classify_contract_error, classify_rpc_error};
 
 /// A channel as the escrow's `getChannel` returns it (same fields, same order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -391,6 +391,23 @@ fn outcome(hash: B256, receipt: &TransactionReceipt) -> Result<TxOutcome, ChainE
     })
 }
 
+/// Classifies an alloy transport error the way [`RpcChain`] does (the table at [`classify`]'s
+/// definition: rate limits, 408/429/5xx and broken links are retryable `Transport`, other
+/// JSON-RPC errors `Rejected`, undecodable answers `Decode`). For other chain clients (the
+/// settlement daemon) that must retry exactly what the engine retries.
+pub fn classify_rpc_error(operation: &'static str, error: TransportError) -> ChainError {
+    classify(operation, error)
+}
+
+/// [`classify_rpc_error`] for an error from a contract binding call (an answer that does not
+/// decode as the ABI says is `Decode`).
+pub fn classify_contract_error(
+    operation: &'static str,
+    error: alloy::contract::Error,
+) -> ChainError {
+    classify_contract(operation, error)
+}
+
 /// JSON-RPC error codes that mean "slow down", not "no": 429 as some providers put the HTTP
 /// status in the code, -32005 (EIP-1474 "limit exceeded").
 const RATE_LIMIT_CODES: [i64; 2] = [429, -32005];

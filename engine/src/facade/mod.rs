@@ -572,6 +572,45 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
         Ok(self.store.get(channel)?)
     }
 
+    /// Re-reads `channel` from the escrow now (whatever the cache TTL says) and merges the
+    /// facts into the stored record ([`session::merge_chain_facts`]): a finalized channel
+    /// becomes `Closed`, a pending close request is recorded (vouchers are then refused), a
+    /// top-up or settlement raises the cached amounts. Returns the durable record, or `None`
+    /// for a channel this engine never stored (nothing is created).
+    ///
+    /// The settlement daemon calls this (through the admin route) when it sees a channel
+    /// close or a close request on chain; the engine trusts the escrow, not the caller, so a
+    /// call for an unchanged channel changes nothing. Fails with the chain error if the escrow
+    /// cannot be read, and with [`SessionError::ChainFactsMismatch`] /
+    /// [`SessionError::ChannelNotFound`] if the escrow contradicts the record (nothing written).
+    pub async fn refresh_channel(
+        &self,
+        channel: &ChannelId,
+        now: Timestamp,
+    ) -> Result<Option<ChannelRecord>, EngineError> {
+        if self.store.get(channel)?.is_none() {
+            return Ok(None);
+        }
+        let now_ms = unix_ms(now);
+        let (facts, read_at) = self.read_chain(channel, now_ms).await?;
+        let committed = self
+            .store
+            .update_pending(channel, |current| -> Result<_, EngineError> {
+                let Some(stored) = current else {
+                    return Ok(Change::keep(()));
+                };
+                let next = session::merge_chain_facts(stored, &facts, read_at)?;
+                Ok(if &next == stored {
+                    Change::keep(())
+                } else {
+                    Change::write(next, ())
+                })
+            })?
+            .durable()
+            .await?;
+        Ok(committed.record)
+    }
+
     /// Waits, without polling, until `channel` has accepted more than `above` (a voucher
     /// arrived, e.g. on another connection while a metered stream is paused) and returns its
     /// record. Fails with a 410-class [`SessionError`] if the channel is unknown or stops taking

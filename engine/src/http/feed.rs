@@ -212,7 +212,7 @@ impl FeedAuth {
     }
 
     /// Checks the `Authorization` header of a request.
-    fn check(&self, headers: &HeaderMap) -> Result<(), Unauthorized> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Unauthorized> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err(Unauthorized::NoToken);
@@ -241,7 +241,7 @@ const fn is_token_byte(b: u8) -> bool {
 
 /// A refused request: `401` with a `Bearer` challenge and an empty body (RFC 6750 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Unauthorized {
+pub(crate) enum Unauthorized {
     /// No `Authorization: Bearer` header (absent, another scheme, or repeated).
     NoToken,
     /// A bearer token that is not the configured one.

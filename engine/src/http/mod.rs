@@ -21,6 +21,7 @@
 //!    statuses (402, 410, 400, 500) and a fresh challenge, suggesting the payer's open channel
 //!    (`methodDetails.channelId`) when the credential names a payer the engine knows.
 
+pub mod admin;
 mod extract;
 pub mod feed;
 mod future;
@@ -31,7 +32,9 @@ mod problem;
 mod service;
 mod sse;
 
+pub use admin::admin_router;
 pub use extract::{Payment, PaymentMissing};
+pub use feed::feed_router;
 pub use future::ResponseFuture;
 pub use idempotency::IDEMPOTENT_REPLAYED;
 pub use layer::{DEFAULT_STREAM_VOUCHER_WAIT, PaymentLayer, PaymentOptions};

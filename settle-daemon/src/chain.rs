@@ -1,0 +1,607 @@
+//! The daemon's side of the chain: a JSON-RPC client with the engine's retry classification,
+//! and escrow event scanning folded into per-channel [`ChainFacts`].
+//!
+//! Scanning reads `eth_getLogs` for the escrow's events **whose payee is the daemon's
+//! account** (the payee is the third indexed topic of every channel event) in ranges of at most
+//! `chain.log_range` blocks, from the block after the last processed one up to
+//! `head − confirmations + 1` (the newest block with `confirmations` confirmations), so a reorg
+//! shallower than `confirmations` never reaches the state. The facts of each range are stored
+//! in the same atomic write as the new last block ([`DaemonState::apply_chain_facts`]).
+//!
+//! Folding is monotonic where the escrow is: deposit and settled take the larger value,
+//! finalization is sticky, and a close request is set and cleared in event order.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use alloy::network::Ethereum;
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::RpcClient;
+use alloy::rpc::types::{Filter, Log, TransactionReceipt, TransactionRequest};
+use alloy::sol_types::SolEvent;
+use alloy::transports::TransportError;
+use alloy::transports::http::Http;
+use sluice_contracts::SluiceEscrow;
+use sluice_engine::chain::{
+    ChainError, ChainErrorKind, OnChainChannel, classify_contract_error, classify_rpc_error,
+};
+
+use crate::policy::ChannelId;
+use crate::state::{ChainFacts, DaemonState, StateError};
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainScanError {
+    /// The node failed (after retries).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Retry policy of [`Rpc`]: retryable errors are repeated with exponential backoff.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 6,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// EIP-1559 fees for a transaction, wei per gas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fees {
+    /// `maxFeePerGas`.
+    pub max_fee_per_gas: u128,
+    /// `maxPriorityFeePerGas`.
+    pub max_priority_fee_per_gas: u128,
+    /// What a transaction pays per gas now (base fee + tip): the policy's gas price.
+    pub gas_price: u128,
+}
+
+/// A JSON-RPC client of one node and one escrow.
+#[derive(Clone, Debug)]
+pub struct Rpc {
+    provider: RootProvider<Ethereum>,
+    escrow: Address,
+    retry: RetryPolicy,
+}
+
+impl Rpc {
+    /// A client of `url` for `escrow`; checks `eth_chainId` against `chain_id`
+    /// ([`ChainErrorKind::WrongChain`] otherwise).
+    pub async fn connect(
+        url: &str,
+        chain_id: u64,
+        escrow: Address,
+        request_timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self, ChainError> {
+        let parsed = url
+            .parse()
+            .map_err(|_| ChainError::new(ChainErrorKind::Rejected, "connect", "bad RPC URL"))?;
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .build()
+            .map_err(|e| ChainError::new(ChainErrorKind::Rejected, "connect", e.to_string()))?;
+        let transport = Http::with_client(http, parsed);
+        let is_local = transport.guess_local();
+        let rpc = Self {
+            provider: RootProvider::new(RpcClient::new(transport, is_local)),
+            escrow,
+            retry,
+        };
+        let actual = rpc
+            .retry("eth_chainId", || rpc.provider.get_chain_id())
+            .await?;
+        if actual != chain_id {
+            return Err(ChainError::new(
+                ChainErrorKind::WrongChain {
+                    expected: chain_id,
+                    actual,
+                },
+                "eth_chainId",
+                format!("configured chain {chain_id}, the node serves {actual}"),
+            ));
+        }
+        Ok(rpc)
+    }
+
+    /// The escrow address.
+    pub fn escrow(&self) -> Address {
+        self.escrow
+    }
+
+    async fn retry<T, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T, ChainError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, TransportError>>,
+    {
+        self.retry_classified(operation, || {
+            let fut = f();
+            async move { fut.await.map_err(|e| classify_rpc_error(operation, e)) }
+        })
+        .await
+    }
+
+    async fn retry_classified<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut f: F,
+    ) -> Result<T, ChainError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ChainError>>,
+    {
+        let mut backoff = self.retry.initial_backoff;
+        let mut retries = 0;
+        loop {
+            match f().await {
+                Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
+                    retries += 1;
+                    tracing::debug!(operation, retries, error = %e, "retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2).min(self.retry.max_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The latest block number.
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.retry("eth_blockNumber", || self.provider.get_block_number())
+            .await
+    }
+
+    /// The escrow's logs in `[from, to]` whose payee topic is `payee`.
+    pub async fn logs(&self, from: u64, to: u64, payee: Address) -> Result<Vec<Log>, ChainError> {
+        let filter = Filter::new()
+            .address(self.escrow)
+            .from_block(from)
+            .to_block(to)
+            .topic3(payee.into_word());
+        self.retry("eth_getLogs", || self.provider.get_logs(&filter))
+            .await
+    }
+
+    /// `getChannelsBatch(ids)`: the escrow's view of each channel, in order.
+    pub async fn channels(&self, ids: &[ChannelId]) -> Result<Vec<OnChainChannel>, ChainError> {
+        const OPERATION: &str = "getChannelsBatch";
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(200) {
+            let chunk = chunk.to_vec();
+            let read = self
+                .retry_classified(OPERATION, || async {
+                    SluiceEscrow::new(self.escrow, &self.provider)
+                        .getChannelsBatch(chunk.clone())
+                        .call()
+                        .await
+                        .map_err(|e| classify_contract_error(OPERATION, e))
+                })
+                .await?;
+            if read.len() != chunk.len() {
+                return Err(ChainError::new(
+                    ChainErrorKind::Decode,
+                    OPERATION,
+                    format!("asked for {} channels, got {}", chunk.len(), read.len()),
+                ));
+            }
+            out.extend(read.iter().map(|c| OnChainChannel {
+                finalized: c.finalized,
+                close_requested_at: c.closeRequestedAt,
+                payer: c.payer,
+                payee: c.payee,
+                token: c.token,
+                authorized_signer: c.authorizedSigner,
+                deposit: c.deposit,
+                settled: c.settled,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The account's nonce: mined transactions only (`latest`) or with the pool's (`pending`).
+    pub async fn nonce(&self, account: Address, pending: bool) -> Result<u64, ChainError> {
+        self.retry("eth_getTransactionCount", || async {
+            let call = self.provider.get_transaction_count(account);
+            if pending {
+                call.pending().await
+            } else {
+                call.latest().await
+            }
+        })
+        .await
+    }
+
+    /// The receipt of `hash`, if mined.
+    pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+        self.retry("eth_getTransactionReceipt", || {
+            self.provider.get_transaction_receipt(hash)
+        })
+        .await
+    }
+
+    /// Whether the node knows `hash` (pending or mined).
+    pub async fn is_known(&self, hash: B256) -> Result<bool, ChainError> {
+        let found = self
+            .retry("eth_getTransactionByHash", || {
+                self.provider
+                    .client()
+                    .request::<_, Option<serde_json::Value>>("eth_getTransactionByHash", (hash,))
+            })
+            .await?;
+        Ok(found.is_some_and(|v| !v.is_null()))
+    }
+
+    /// `eth_sendRawTransaction`, retried on transport errors. A rejection is ignored when the
+    /// node knows this very hash (a repeat, or an answer lost after the node took it).
+    pub async fn send_raw(&self, hash: B256, raw: &Bytes) -> Result<(), ChainError> {
+        const OPERATION: &str = "eth_sendRawTransaction";
+        let sent = self
+            .retry(OPERATION, || {
+                self.provider
+                    .client()
+                    .request::<_, B256>(OPERATION, (raw.clone(),))
+            })
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ChainErrorKind::Rejected => {
+                if self.is_known(hash).await? {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Current EIP-1559 fees: tip from `eth_maxPriorityFeePerGas`, max fee twice the latest
+    /// base fee plus the tip.
+    pub async fn fees(&self) -> Result<Fees, ChainError> {
+        let tip = self
+            .retry("eth_maxPriorityFeePerGas", || {
+                self.provider.get_max_priority_fee_per_gas()
+            })
+            .await?;
+        let block = self
+            .retry("eth_getBlockByNumber", || {
+                self.provider
+                    .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+                    .into_future()
+            })
+            .await?
+            .ok_or_else(|| {
+                ChainError::new(ChainErrorKind::Decode, "eth_getBlockByNumber", "no block")
+            })?;
+        let base = u128::from(block.header.base_fee_per_gas.unwrap_or(0));
+        Ok(Fees {
+            max_fee_per_gas: base.saturating_mul(2).saturating_add(tip),
+            max_priority_fee_per_gas: tip,
+            gas_price: base.saturating_add(tip),
+        })
+    }
+
+    /// `eth_estimateGas` of a call from `from` to the escrow.
+    pub async fn estimate(&self, from: Address, input: &Bytes) -> Result<u64, ChainError> {
+        let request = TransactionRequest::default()
+            .from(from)
+            .to(self.escrow)
+            .input(input.clone().into());
+        self.retry("eth_estimateGas", || {
+            self.provider.estimate_gas(request.clone()).into_future()
+        })
+        .await
+    }
+}
+
+/// What a scan found worth telling the engine about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The chain head seen.
+    pub head: u64,
+    /// The last block processed after the scan.
+    pub last_block: u64,
+    /// Channels with a new close request.
+    pub close_requested: Vec<ChannelId>,
+    /// Channels finalized.
+    pub finalized: Vec<ChannelId>,
+    /// Logs folded.
+    pub events: usize,
+}
+
+/// Which channel event a log is, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EscrowEvent {
+    /// `ChannelOpened`.
+    Opened {
+        /// The channel.
+        channel: ChannelId,
+        /// Parties and salt.
+        payer: Address,
+        /// Payee.
+        payee: Address,
+        /// Token.
+        token: Address,
+        /// Signer.
+        authorized_signer: Address,
+        /// Salt.
+        salt: B256,
+        /// Deposit.
+        deposit: u128,
+    },
+    /// `Settled`: the new settled amount.
+    Settled {
+        /// The channel.
+        channel: ChannelId,
+        /// `newSettled`.
+        new_settled: u128,
+    },
+    /// `TopUp`: the new deposit.
+    TopUp {
+        /// The channel.
+        channel: ChannelId,
+        /// `newDeposit`.
+        new_deposit: u128,
+    },
+    /// `CloseRequested`: the end of the grace period.
+    CloseRequested {
+        /// The channel.
+        channel: ChannelId,
+        /// `closeGraceEnd`, unix seconds.
+        grace_end: u64,
+    },
+    /// `CloseRequestCancelled`.
+    CloseRequestCancelled {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// `ChannelClosed`: the total paid to the payee.
+    Closed {
+        /// The channel.
+        channel: ChannelId,
+        /// `settledToPayee`.
+        settled: u128,
+    },
+    /// `ChannelExpired` (the payer withdrew).
+    Expired {
+        /// The channel.
+        channel: ChannelId,
+    },
+}
+
+fn u128_of(value: U256) -> u128 {
+    u128::try_from(value).unwrap_or(u128::MAX)
+}
+
+/// Decodes one of the escrow's channel events; `None` for any other log (or a malformed one).
+pub fn decode_event(log: &alloy::primitives::Log) -> Option<EscrowEvent> {
+    use SluiceEscrow::{
+        ChannelClosed, ChannelExpired, ChannelOpened, CloseRequestCancelled, CloseRequested,
+        Settled, TopUp,
+    };
+    let topic = *log.data.topics().first()?;
+    let data = &log.data;
+    Some(match topic {
+        t if t == ChannelOpened::SIGNATURE_HASH => {
+            let e = ChannelOpened::decode_log_data(data).ok()?;
+            EscrowEvent::Opened {
+                channel: e.channelId,
+                payer: e.payer,
+                payee: e.payee,
+                token: e.token,
+                authorized_signer: e.authorizedSigner,
+                salt: e.salt,
+                deposit: u128_of(e.deposit),
+            }
+        }
+        t if t == Settled::SIGNATURE_HASH => {
+            let e = Settled::decode_log_data(data).ok()?;
+            EscrowEvent::Settled {
+                channel: e.channelId,
+                new_settled: u128_of(e.newSettled),
+            }
+        }
+        t if t == TopUp::SIGNATURE_HASH => {
+            let e = TopUp::decode_log_data(data).ok()?;
+            EscrowEvent::TopUp {
+                channel: e.channelId,
+                new_deposit: u128_of(e.newDeposit),
+            }
+        }
+        t if t == CloseRequested::SIGNATURE_HASH => {
+            let e = CloseRequested::decode_log_data(data).ok()?;
+            EscrowEvent::CloseRequested {
+                channel: e.channelId,
+                grace_end: u64::try_from(e.closeGraceEnd).unwrap_or(u64::MAX),
+            }
+        }
+        t if t == CloseRequestCancelled::SIGNATURE_HASH => {
+            let e = CloseRequestCancelled::decode_log_data(data).ok()?;
+            EscrowEvent::CloseRequestCancelled {
+                channel: e.channelId,
+            }
+        }
+        t if t == ChannelClosed::SIGNATURE_HASH => {
+            let e = ChannelClosed::decode_log_data(data).ok()?;
+            EscrowEvent::Closed {
+                channel: e.channelId,
+                settled: u128_of(e.settledToPayee),
+            }
+        }
+        t if t == ChannelExpired::SIGNATURE_HASH => {
+            let e = ChannelExpired::decode_log_data(data).ok()?;
+            EscrowEvent::Expired {
+                channel: e.channelId,
+            }
+        }
+        _ => return None,
+    })
+}
+
+impl EscrowEvent {
+    /// The channel the event is about.
+    pub fn channel(&self) -> ChannelId {
+        match self {
+            Self::Opened { channel, .. }
+            | Self::Settled { channel, .. }
+            | Self::TopUp { channel, .. }
+            | Self::CloseRequested { channel, .. }
+            | Self::CloseRequestCancelled { channel }
+            | Self::Closed { channel, .. }
+            | Self::Expired { channel } => *channel,
+        }
+    }
+}
+
+/// Folds `event` into `facts` (pure). `grace_period` turns `closeGraceEnd` into the request
+/// time.
+pub fn fold_event(facts: &mut ChainFacts, event: &EscrowEvent, grace_period: u64) {
+    match *event {
+        EscrowEvent::Opened {
+            payer,
+            payee,
+            token,
+            authorized_signer,
+            salt,
+            deposit,
+            ..
+        } => {
+            facts.payer = payer;
+            facts.payee = payee;
+            facts.token = token;
+            facts.authorized_signer = authorized_signer;
+            facts.salt = Some(salt);
+            facts.deposit = facts.deposit.max(deposit);
+        }
+        EscrowEvent::Settled { new_settled, .. } => {
+            facts.settled = facts.settled.max(new_settled);
+        }
+        EscrowEvent::TopUp { new_deposit, .. } => {
+            facts.deposit = facts.deposit.max(new_deposit);
+        }
+        EscrowEvent::CloseRequested { grace_end, .. } => {
+            if !facts.finalized {
+                facts.close_requested_at = grace_end.saturating_sub(grace_period).max(1);
+            }
+        }
+        EscrowEvent::CloseRequestCancelled { .. } => facts.close_requested_at = 0,
+        EscrowEvent::Closed { settled, .. } => {
+            facts.finalized = true;
+            facts.close_requested_at = 0;
+            facts.settled = facts.settled.max(settled);
+        }
+        EscrowEvent::Expired { .. } => {
+            facts.finalized = true;
+            facts.close_requested_at = 0;
+        }
+    }
+}
+
+/// Folds a batch read of the escrow into `facts` (deposit and settled only grow, finalization
+/// is sticky; a finalized read keeps the amounts, the escrow zeroes them).
+pub fn fold_read(facts: &mut ChainFacts, read: &OnChainChannel) {
+    if read.finalized {
+        facts.finalized = true;
+        facts.close_requested_at = 0;
+        return;
+    }
+    if !read.exists() {
+        return;
+    }
+    if facts.payer.is_zero() {
+        facts.payer = read.payer;
+        facts.payee = read.payee;
+        facts.token = read.token;
+        facts.authorized_signer = read.authorized_signer;
+    }
+    facts.deposit = facts.deposit.max(read.deposit);
+    facts.settled = facts.settled.max(read.settled);
+    facts.close_requested_at = read.close_requested_at;
+}
+
+/// Scans the escrow's events for `payee` from the state's last block up to the newest block
+/// with `confirmations` confirmations, `range` blocks per request, storing facts and the last
+/// block atomically per range.
+pub async fn scan(
+    rpc: &Rpc,
+    state: &std::sync::Mutex<DaemonState>,
+    payee: Address,
+    start_block: u64,
+    confirmations: u64,
+    range: u64,
+    grace_period: u64,
+) -> Result<ScanReport, ChainScanError> {
+    let head = rpc.head().await?;
+    let safe = head.saturating_sub(confirmations.saturating_sub(1));
+    let mut report = ScanReport {
+        head,
+        ..ScanReport::default()
+    };
+    let mut last = lock(state).last_block()?;
+    let mut from = if last == 0 && start_block > 0 {
+        start_block
+    } else {
+        last + 1
+    };
+    while from <= safe {
+        let to = safe.min(from.saturating_add(range - 1));
+        let logs = rpc.logs(from, to, payee).await?;
+        let mut touched: BTreeMap<ChannelId, ChainFacts> = BTreeMap::new();
+        {
+            let mut state = lock(state);
+            for log in &logs {
+                let Some(event) = decode_event(&log.inner) else {
+                    continue;
+                };
+                let channel = event.channel();
+                let facts = match touched.get_mut(&channel) {
+                    Some(facts) => facts,
+                    None => {
+                        let stored = state.chain_facts(&channel)?.unwrap_or_default();
+                        touched.entry(channel).or_insert(stored)
+                    }
+                };
+                fold_event(facts, &event, grace_period);
+                report.events += 1;
+                match event {
+                    EscrowEvent::CloseRequested { .. } => report.close_requested.push(channel),
+                    EscrowEvent::Closed { .. } | EscrowEvent::Expired { .. } => {
+                        report.finalized.push(channel);
+                    }
+                    _ => {}
+                }
+            }
+            let facts: Vec<_> = touched.into_iter().collect();
+            state.apply_chain_facts(&facts, Some(to))?;
+        }
+        last = to;
+        from = to + 1;
+    }
+    report.last_block = last;
+    Ok(report)
+}
+
+/// Locks the state, recovering from a poisoned lock (the state's writes are atomic, so a
+/// panic elsewhere cannot leave it half-written).
+pub fn lock(state: &std::sync::Mutex<DaemonState>) -> std::sync::MutexGuard<'_, DaemonState> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,721 @@
+//! The running service: the feed follower, the planning loop, the engine notifications and
+//! the `/metrics` + `/health` server.
+//!
+//! One round (every `service.tick`, or at once when the feed delivered entries):
+//! 1. drive any recorded transaction to its end (after a restart: reconciliation);
+//! 2. scan escrow events up to the confirmed head ([`crate::chain::scan`]);
+//! 3. build a [`ChannelView`] per channel the feed named (engine facts, chain facts, the
+//!    daemon's in-flight amounts), [`policy::plan`], and execute the actions one transaction
+//!    at a time: re-read the channels with `getChannelsBatch` (the chain is the truth), build
+//!    the `settleBatch` items or the `close` call, sign, record, broadcast, wait;
+//! 4. apply each receipt (`Settled`, `SettleSkipped`, `ChannelClosed`) to the state, and
+//!    tell the engine (`POST /channels/{id}/refresh`) about channels that are finalized or
+//!    have a close request on chain.
+//!
+//! The feed is followed concurrently by a long-polling task that stores each page atomically
+//! (vouchers, engine facts, cursor) and wakes the loop.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::{Address, Bytes};
+use alloy::sol_types::SolCall;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sluice_contracts::{ISluiceEscrow, SluiceEscrow, settle_item};
+use tokio::sync::{Notify, watch};
+
+use crate::chain::{self, ChainScanError, RetryPolicy, Rpc, fold_read, lock};
+use crate::config::{Config, ConfigError, FeedToken};
+use crate::feed_client::{FeedClient, FeedClientError};
+use crate::metrics::Metrics;
+use crate::policy::{self, Action, ChannelId, ChannelView, EngineStatus, Market, PolicyConfig};
+use crate::state::{ChainFacts, DaemonState, StateError, TxKind, TxRecord};
+use crate::tx::{MinedTx, Sender, SenderConfig, TxEnd, TxError, skip_reason};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Configuration or secrets.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state database.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The chain.
+    #[error(transparent)]
+    Chain(#[from] sluice_engine::chain::ChainError),
+    /// Sending a transaction.
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    /// The feed client.
+    #[error(transparent)]
+    Feed(#[from] FeedClientError),
+    /// Scanning.
+    #[error(transparent)]
+    Scan(#[from] ChainScanError),
+    /// The metrics listener could not be bound.
+    #[error("cannot listen on {addr}: {kind}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error kind.
+        kind: std::io::ErrorKind,
+    },
+    /// `feed.url` does not end in `/feed`, so the engine's admin base cannot be derived.
+    #[error("feed.url {url} does not end in /feed")]
+    FeedUrl {
+        /// The URL.
+        url: String,
+    },
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The engine's admin routes, for refresh notifications.
+#[derive(Debug, Clone)]
+struct EngineAdmin {
+    http: reqwest::Client,
+    base: String,
+    token: FeedToken,
+}
+
+impl EngineAdmin {
+    /// `POST {base}/channels/{id}/refresh`; `true` when the engine answered 200 or 404 (it
+    /// does not know the channel: nothing to tell it).
+    async fn refresh(&self, channel: &ChannelId) -> bool {
+        let url = format!("{}/channels/{channel}/refresh", self.base);
+        match self
+            .http
+            .post(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
+                true
+            }
+            Ok(r) => {
+                tracing::warn!(%channel, status = r.status().as_u16(), "engine refresh refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "engine refresh failed");
+                false
+            }
+        }
+    }
+}
+
+/// The daemon's state while running.
+struct Daemon {
+    config: Config,
+    policy: PolicyConfig,
+    state: Arc<Mutex<DaemonState>>,
+    sender: Sender,
+    metrics: Arc<Metrics>,
+    engine: EngineAdmin,
+    /// Notifications sent this process: (channel, kind, value).
+    notified: HashSet<(ChannelId, u8, u64)>,
+}
+
+/// Runs the daemon until `shutdown` turns true. `ready` gets the metrics address once the
+/// listener is bound (the binary prints `READY <addr>`).
+pub async fn run(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
+    let key = config.key.load_key()?;
+    let token = config.feed.token.load_token()?;
+    let admin_base = config
+        .feed
+        .url
+        .strip_suffix("/feed")
+        .ok_or_else(|| DaemonError::FeedUrl {
+            url: config.feed.url.clone(),
+        })?
+        .to_owned();
+    let state = Arc::new(Mutex::new(DaemonState::open(&config.state.path)?));
+    let rpc = Rpc::connect(
+        &config.chain.rpc_url,
+        config.chain.chain_id,
+        config.chain.escrow,
+        Duration::from_millis(config.chain.request_timeout_ms),
+        RetryPolicy::default(),
+    )
+    .await?;
+    let policy = config.policy_config();
+    let sender = Sender::new(
+        rpc,
+        &key,
+        config.chain.chain_id,
+        SenderConfig {
+            confirmations: config.chain.confirmations,
+            poll: Duration::from_millis(config.chain.poll_ms),
+            replace_after: Duration::from_secs(config.chain.replace_after_secs),
+            max_gas: policy.max_gas_per_batch,
+        },
+    )?;
+    tracing::info!(payee = %sender.address(), escrow = %config.chain.escrow, "settlement daemon starting");
+    let feed = FeedClient::new(&config.feed, token.clone())?;
+    let metrics = Arc::new(Metrics::default());
+
+    let listener = tokio::net::TcpListener::bind(config.service.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: config.service.listen,
+            kind: e.kind(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
+        addr: config.service.listen,
+        kind: e.kind(),
+    })?;
+    let tick = config.service.tick();
+    let stale_after =
+        tick * 3 + Duration::from_millis(u64::from(config.feed.wait_ms)) + Duration::from_secs(15);
+    let server = {
+        let app = Router::new()
+            .route("/metrics", get(serve_metrics))
+            .route("/health", get(serve_health))
+            .with_state((Arc::clone(&metrics), stale_after));
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    ready(addr);
+
+    let wake = Arc::new(Notify::new());
+    let follower = tokio::spawn(follow_feed(
+        feed,
+        Arc::clone(&state),
+        Arc::clone(&metrics),
+        Arc::clone(&wake),
+        shutdown.clone(),
+    ));
+
+    let mut daemon = Daemon {
+        policy,
+        state: Arc::clone(&state),
+        sender,
+        metrics,
+        engine: EngineAdmin {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| DaemonError::Feed(FeedClientError::Client(e)))?,
+            base: admin_base,
+            token,
+        },
+        notified: HashSet::new(),
+        config,
+    };
+    let mut shutdown = shutdown;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        daemon.round(&mut shutdown).await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    tracing::info!("shutting down: planning stopped");
+    let _ = follower.await;
+    let _ = server.await;
+    drop(daemon);
+    // Every state write was flushed when it returned; dropping the last handle closes sled.
+    drop(state);
+    tracing::info!("settlement daemon stopped");
+    Ok(())
+}
+
+async fn serve_metrics(State((metrics, _)): State<(Arc<Metrics>, Duration)>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn serve_health(State((metrics, stale)): State<(Arc<Metrics>, Duration)>) -> Response {
+    match metrics.unhealthy(stale) {
+        None => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"ok"}"#.to_owned(),
+        )
+            .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"status": "unhealthy", "reason": reason}).to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn follow_feed(
+    feed: FeedClient,
+    state: Arc<Mutex<DaemonState>>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let after = match lock(&state).feed_cursor() {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                metrics.feed_failed(e.to_string());
+                tracing::error!(error = %e, "reading the feed cursor");
+                return;
+            }
+        };
+        let fetched = tokio::select! {
+            r = feed.fetch(after) => r,
+            _ = shutdown.changed() => return,
+        };
+        let result = fetched.and_then(|page| {
+            let next = page.next.get();
+            lock(&state).apply_feed_entries(&page.entries, next, unix_now())?;
+            Ok((next, page.entries.len()))
+        });
+        match result {
+            Ok((next, entries)) => {
+                backoff = Duration::from_millis(100);
+                metrics.feed_ok(next);
+                if entries > 0 {
+                    tracing::debug!(entries, next, "feed page stored");
+                    wake.notify_one();
+                }
+            }
+            Err(e) => {
+                metrics.feed_failed(e.to_string());
+                tracing::warn!(error = %e, retryable = e.is_retryable(), "feed pull failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Daemon {
+    async fn round(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        if let Err(e) = self.reconcile(shutdown).await {
+            self.metrics.error("tx");
+            tracing::warn!(error = %e, "reconciling recorded transactions");
+            return;
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let chain = &self.config.chain;
+        match chain::scan(
+            self.sender.rpc(),
+            &self.state,
+            self.sender.address(),
+            chain.start_block,
+            chain.confirmations,
+            chain.log_range,
+            self.policy.close_grace_period_secs,
+        )
+        .await
+        {
+            Ok(report) => {
+                self.metrics.scan_ok(report.head, report.last_block);
+                if report.events > 0 {
+                    tracing::debug!(events = report.events, last_block = report.last_block, "events scanned");
+                }
+            }
+            Err(e) => {
+                self.metrics.scan_failed(e.to_string());
+                tracing::warn!(error = %e, "event scan failed");
+            }
+        }
+        if let Err(e) = self.plan_and_execute(shutdown).await {
+            self.metrics.error(match e {
+                DaemonError::State(_) => "state",
+                DaemonError::Chain(_) => "rpc",
+                _ => "tx",
+            });
+            tracing::warn!(error = %e, "planning round failed");
+        }
+        self.notify_engine().await;
+    }
+
+    /// Drives every recorded transaction (after a restart, or one interrupted) to its end.
+    async fn reconcile(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), DaemonError> {
+        let txs = lock(&self.state).txs()?;
+        for record in txs {
+            tracing::info!(nonce = record.nonce, attempts = record.attempts.len(), "reconciling a recorded transaction");
+            // Broadcast the latest attempt again in case it never reached the node.
+            self.drive(record, shutdown).await?;
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn views(&self) -> Result<(Vec<ChannelView>, Vec<ChannelId>), StateError> {
+        let state = lock(&self.state);
+        let me = self.sender.address();
+        let mut views = Vec::new();
+        let mut notify = Vec::new();
+        for (id, e) in state.engine_channels()? {
+            if e.payee != me {
+                continue;
+            }
+            let c = state.chain_facts(&id)?;
+            let voucher = state.voucher(&id)?;
+            let in_flight = state.submission(&id)?.map(|s| s.amount);
+            let refused = state.refused(&id)?;
+            let known = c.is_some_and(|c| !c.payer.is_zero() || c.finalized);
+            let c = c.unwrap_or_default();
+            if (c.finalized && e.status != EngineStatus::Closed)
+                || (c.close_requested_at != 0 && e.close_requested_at == 0)
+            {
+                notify.push(id);
+            }
+            let close_requested_at = if known {
+                c.close_requested_at
+            } else {
+                e.close_requested_at
+            };
+            views.push(ChannelView {
+                id,
+                payer: e.payer,
+                payee: e.payee,
+                token: e.token,
+                salt: c.salt,
+                authorized_signer: e.authorized_signer,
+                voucher,
+                settled: e.settled.max(c.settled),
+                deposit: e.deposit.max(c.deposit),
+                status: if c.finalized {
+                    EngineStatus::Closed
+                } else {
+                    e.status
+                },
+                close_requested_at: (close_requested_at != 0).then_some(close_requested_at),
+                first_unsettled_at: (e.first_unsettled_at != 0).then_some(e.first_unsettled_at),
+                in_flight_amount: match (in_flight, refused) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
+            });
+        }
+        Ok((views, notify))
+    }
+
+    async fn plan_and_execute(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        let (views, _) = self.views()?;
+        let pending: Vec<&ChannelView> = views
+            .iter()
+            .filter(|v| v.status != EngineStatus::Closed && v.unsettled() > 0)
+            .collect();
+        self.metrics.set_pending(
+            pending.len() as u64,
+            pending.iter().map(|v| v.unsettled()).sum(),
+        );
+        if views.is_empty() {
+            return Ok(());
+        }
+        let fees = self.sender.rpc().fees().await?;
+        let market = Market {
+            now: unix_now(),
+            gas_price: fees.gas_price,
+            token_per_gas: self.config.policy.token_per_gas.0,
+        };
+        let plan = policy::plan(&views, &self.policy, &market);
+        if !plan.actions.is_empty() {
+            tracing::info!(actions = plan.actions.len(), skipped = plan.skipped.len(), "plan");
+        }
+        for action in &plan.actions {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.execute(action, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads `ids` from the escrow and stores the facts; returns them.
+    async fn reread(&self, ids: &[ChannelId]) -> Result<Vec<(ChannelId, ChainFacts)>, DaemonError> {
+        let reads = self.sender.rpc().channels(ids).await?;
+        let mut state = lock(&self.state);
+        let mut facts = Vec::with_capacity(ids.len());
+        for (id, read) in ids.iter().zip(&reads) {
+            let mut f = state.chain_facts(id)?.unwrap_or_default();
+            fold_read(&mut f, read);
+            facts.push((*id, f));
+        }
+        state.apply_chain_facts(&facts, None)?;
+        Ok(facts)
+    }
+
+    async fn execute(
+        &mut self,
+        action: &Action,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        let ids: Vec<ChannelId> = match action {
+            Action::SettleBatch(ids) => ids.clone(),
+            Action::Close(id) => vec![*id],
+        };
+        // The chain is the truth: re-read before building.
+        let facts = self.reread(&ids).await?;
+        let (kind, channels, input) = {
+            let mut state = lock(&self.state);
+            let mut items = Vec::new();
+            let mut channels = Vec::new();
+            let mut close = None;
+            for (id, f) in &facts {
+                if f.finalized {
+                    continue;
+                }
+                let voucher = state.voucher(id)?;
+                let engine = state.engine_facts(id)?;
+                match action {
+                    Action::SettleBatch(_) => {
+                        let (Some(v), Some(salt)) = (voucher, f.salt) else {
+                            continue;
+                        };
+                        if v.amount <= f.settled || v.amount > f.deposit {
+                            continue;
+                        }
+                        let payer = if f.payer.is_zero() {
+                            engine.map_or(Address::ZERO, |e| e.payer)
+                        } else {
+                            f.payer
+                        };
+                        match settle_item(
+                            payer,
+                            f.token,
+                            salt,
+                            f.authorized_signer,
+                            v.amount,
+                            &v.signature,
+                        ) {
+                            Ok(item) => {
+                                items.push(item);
+                                channels.push((*id, v.amount));
+                            }
+                            Err(e) => {
+                                tracing::warn!(channel = %id, error = %e, "voucher signature unusable");
+                                state.record_refused(id, v.amount)?;
+                            }
+                        }
+                    }
+                    Action::Close(_) => {
+                        let (amount, signature) = match voucher {
+                            Some(v) if v.amount > f.settled && v.amount <= f.deposit => {
+                                (v.amount, Bytes::copy_from_slice(&v.signature))
+                            }
+                            _ => (0, Bytes::new()),
+                        };
+                        close = Some((*id, amount, signature));
+                    }
+                }
+            }
+            match (action, close) {
+                (Action::Close(_), Some((id, amount, signature))) => (
+                    TxKind::Close,
+                    vec![(id, amount)],
+                    SluiceEscrow::closeCall {
+                        channelId: id,
+                        cumulativeAmount: amount,
+                        signature,
+                    }
+                    .abi_encode(),
+                ),
+                (Action::SettleBatch(_), _) if !items.is_empty() => {
+                    let items: Vec<ISluiceEscrow::SettleItem> = items;
+                    (
+                        TxKind::SettleBatch,
+                        channels,
+                        SluiceEscrow::settleBatchCall { items }.abi_encode(),
+                    )
+                }
+                _ => return Ok(()),
+            }
+        };
+        let submitted = self
+            .sender
+            .submit(&self.state, kind, channels.clone(), input.into())
+            .await?;
+        match submitted {
+            Ok(record) => self.drive(record, shutdown).await,
+            Err(end) => {
+                match &end {
+                    TxEnd::NonceTaken => self.metrics.transaction("nonce_taken"),
+                    TxEnd::Rejected(reason) => {
+                        self.metrics.transaction("rejected");
+                        self.metrics.error("tx");
+                        tracing::warn!(reason, "transaction not sent");
+                    }
+                    _ => {}
+                }
+                let ids: Vec<ChannelId> = channels.iter().map(|(id, _)| *id).collect();
+                self.reread(&ids).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn drive(
+        &mut self,
+        record: TxRecord,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        let metrics = Arc::clone(&self.metrics);
+        let end = self
+            .sender
+            .drive(&self.state, record.clone(), shutdown, |event| match event {
+                "rpc" => metrics.error("rpc"),
+                other => metrics.transaction(other),
+            })
+            .await?;
+        let ids: Vec<ChannelId> = record.channels.iter().map(|(id, _)| *id).collect();
+        match end {
+            TxEnd::Mined(mined) => self.apply_mined(&record, &mined).await,
+            TxEnd::NonceTaken | TxEnd::Rejected(_) => {
+                self.metrics.transaction(if end == TxEnd::NonceTaken {
+                    "nonce_taken"
+                } else {
+                    "rejected"
+                });
+                tracing::warn!(nonce = record.nonce, ?end, "transaction will not be mined; re-planning");
+                let facts = self.reread(&ids).await?;
+                lock(&self.state).finish_tx(&record, &facts)?;
+                Ok(())
+            }
+            TxEnd::Interrupted => {
+                tracing::info!(nonce = record.nonce, "shutdown while waiting; the transaction stays recorded");
+                Ok(())
+            }
+        }
+    }
+
+    async fn apply_mined(&mut self, record: &TxRecord, mined: &MinedTx) -> Result<(), DaemonError> {
+        let kind = match record.kind {
+            TxKind::SettleBatch => "settle_batch",
+            TxKind::Close => "close",
+        };
+        self.metrics.batch(kind, mined.gas_used);
+        self.metrics
+            .transaction(if mined.success { "mined" } else { "reverted" });
+        tracing::info!(
+            nonce = record.nonce,
+            hash = %mined.hash,
+            block = mined.block,
+            success = mined.success,
+            gas_used = mined.gas_used,
+            settled = mined.settled.len(),
+            skipped = mined.skipped.len(),
+            closed = mined.closed.len(),
+            "transaction confirmed"
+        );
+        let ids: Vec<ChannelId> = record.channels.iter().map(|(id, _)| *id).collect();
+        // Settled and closed amounts come from the receipt; skipped or reverted items from a
+        // fresh read (the chain is the truth).
+        let mut facts = self.reread(&ids).await?;
+        {
+            let mut state = lock(&self.state);
+            for (id, f) in &mut facts {
+                if let Some((_, settled)) = mined.settled.iter().find(|(c, _)| c == id) {
+                    f.settled = f.settled.max(*settled);
+                }
+                if let Some((_, settled)) = mined.closed.iter().find(|(c, _)| c == id) {
+                    f.finalized = true;
+                    f.close_requested_at = 0;
+                    f.settled = f.settled.max(*settled);
+                }
+            }
+            for (id, amount, reason) in &mined.skipped {
+                self.metrics.error("skipped_item");
+                tracing::warn!(channel = %id, amount, reason, "the escrow skipped an item");
+                if matches!(
+                    *reason,
+                    skip_reason::MALFORMED_SIGNATURE | skip_reason::INVALID_SIGNATURE
+                ) {
+                    state.record_refused(id, *amount)?;
+                }
+            }
+            if !mined.success {
+                self.metrics.error("tx");
+                for (id, amount) in &record.channels {
+                    let live = facts.iter().any(|(c, f)| c == id && !f.finalized);
+                    if live {
+                        // Not finalized and the call reverted: do not repeat this voucher.
+                        state.record_refused(id, *amount)?;
+                    }
+                }
+            }
+            state.finish_tx(record, &facts)?;
+            for (id, _) in &mined.settled {
+                state.clear_unsettled_age(id)?;
+            }
+        }
+        for (id, _) in &mined.closed {
+            if self.engine.refresh(id).await {
+                self.notified.insert((*id, 1, 0));
+            }
+        }
+        Ok(())
+    }
+
+    async fn notify_engine(&mut self) {
+        let Ok((_, notify)) = self.views() else {
+            return;
+        };
+        let mut wanted = BTreeSet::new();
+        for id in notify {
+            let facts = lock(&self.state).chain_facts(&id).ok().flatten();
+            let key = match facts {
+                Some(f) if f.finalized => (id, 1, 0),
+                Some(f) => (id, 2, f.close_requested_at),
+                None => continue,
+            };
+            if !self.notified.contains(&key) {
+                wanted.insert(key);
+            }
+        }
+        for key in wanted {
+            if self.engine.refresh(&key.0).await {
+                tracing::info!(channel = %key.0, finalized = key.1 == 1, "engine told");
+                self.notified.insert(key);
+            } else {
+                self.metrics.error("engine_refresh");
+            }
+        }
+    }
+}
