@@ -271,7 +271,9 @@ impl LocalChain {
                 .get_transaction_receipt(tx)
                 .await
                 .map_err(|e| DemoError::chain("eth_getTransactionReceipt", e))?
-                .ok_or_else(|| DemoError::chain("eth_getTransactionReceipt", format!("{tx}: no receipt")))?;
+                .ok_or_else(|| {
+                    DemoError::chain("eth_getTransactionReceipt", format!("{tx}: no receipt"))
+                })?;
             out.insert(
                 tx,
                 TxCost {
@@ -340,7 +342,9 @@ fn decode(log: &Log) -> Result<EventAt, DemoError> {
     let bad = |e: alloy::sol_types::Error| DemoError::chain("decoding an escrow event", e);
     let event = match log.topic0() {
         Some(&SluiceEscrow::ChannelOpened::SIGNATURE_HASH) => {
-            let e = log.log_decode::<SluiceEscrow::ChannelOpened>().map_err(bad)?;
+            let e = log
+                .log_decode::<SluiceEscrow::ChannelOpened>()
+                .map_err(bad)?;
             let e = e.data();
             EscrowEvent::Opened {
                 channel: e.channelId,
@@ -366,7 +370,9 @@ fn decode(log: &Log) -> Result<EventAt, DemoError> {
             }
         }
         Some(&SluiceEscrow::ChannelClosed::SIGNATURE_HASH) => {
-            let e = log.log_decode::<SluiceEscrow::ChannelClosed>().map_err(bad)?;
+            let e = log
+                .log_decode::<SluiceEscrow::ChannelClosed>()
+                .map_err(bad)?;
             let e = e.data();
             EscrowEvent::Closed {
                 channel: e.channelId,
@@ -374,9 +380,7 @@ fn decode(log: &Log) -> Result<EventAt, DemoError> {
                 to_payer: amount(e.refundedToPayer, "ChannelClosed")?,
             }
         }
-        Some(&SluiceEscrow::SettleSkipped::SIGNATURE_HASH) => {
-            EscrowEvent::Skipped
-        }
+        Some(&SluiceEscrow::SettleSkipped::SIGNATURE_HASH) => EscrowEvent::Skipped,
         _ => EscrowEvent::Other,
     };
     Ok(EventAt { tx, event })

@@ -177,9 +177,7 @@ pub(crate) fn settlement_txs(events: &[EventAt]) -> BTreeSet<B256> {
         .filter(|e| {
             matches!(
                 e.event,
-                EscrowEvent::Settled { .. }
-                    | EscrowEvent::Skipped
-                    | EscrowEvent::Closed { .. }
+                EscrowEvent::Settled { .. } | EscrowEvent::Skipped | EscrowEvent::Closed { .. }
             )
         })
         .map(|e| e.tx)
@@ -243,14 +241,14 @@ pub(crate) fn reconcile(i: &Inputs<'_>) -> Vec<Check> {
         i.channels,
         |c| {
             let want = i.price * u128::from(c.client_units);
-            (c.engine.spent == want && c.engine.units == c.client_units).then_some(()).ok_or_else(
-                || {
+            (c.engine.spent == want && c.engine.units == c.client_units)
+                .then_some(())
+                .ok_or_else(|| {
                     format!(
                         "engine spent {} for {} units, client received {} units ({want})",
                         c.engine.spent, c.engine.units, c.client_units
                     )
-                },
-            )
+                })
         },
     ));
 
@@ -636,8 +634,12 @@ mod tests {
         let (channels, mut events, before, after) = world();
         events.pop();
         let failed = failed(&run(&channels, &events, &before, &after));
-        assert!(failed.contains(&"the daemon (payee key) settled in batches and closed every channel"));
-        assert!(failed.contains(&"on-chain payee amount (ChannelClosed) = engine's accepted voucher"));
+        assert!(
+            failed.contains(&"the daemon (payee key) settled in batches and closed every channel")
+        );
+        assert!(
+            failed.contains(&"on-chain payee amount (ChannelClosed) = engine's accepted voucher")
+        );
     }
 
     #[test]
@@ -653,7 +655,15 @@ mod tests {
         let payee = Address::repeat_byte(0xee);
         let costs: BTreeMap<B256, TxCost> = [(tx(3), 40_000), (tx(4), 70_000)]
             .into_iter()
-            .map(|(t, gas_used)| (t, TxCost { from: payee, gas_used }))
+            .map(|(t, gas_used)| {
+                (
+                    t,
+                    TxCost {
+                        from: payee,
+                        gas_used,
+                    },
+                )
+            })
             .collect();
         let s = summarize_txs(&events, &costs, payee);
         assert_eq!((s.settle_txs, s.settle_items, s.settle_gas), (1, 1, 40_000));
@@ -667,9 +677,18 @@ mod tests {
     #[test]
     fn percentiles_use_the_nearest_rank() {
         let mut samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&mut samples, 50), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&mut samples, 99), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&mut samples, 100), Some(Duration::from_millis(100)));
+        assert_eq!(
+            percentile(&mut samples, 50),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            percentile(&mut samples, 99),
+            Some(Duration::from_millis(99))
+        );
+        assert_eq!(
+            percentile(&mut samples, 100),
+            Some(Duration::from_millis(100))
+        );
         let mut one = vec![Duration::from_millis(7)];
         assert_eq!(percentile(&mut one, 99), Some(Duration::from_millis(7)));
         assert_eq!(percentile(&mut [], 50), None);

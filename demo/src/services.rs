@@ -82,7 +82,11 @@ pub(crate) async fn start_provider(
     admin_token: &str,
     price: u128,
 ) -> Result<Provider, DemoError> {
-    require_binary("provider", binary, "cargo build --release -p sluice-engine --example provider")?;
+    require_binary(
+        "provider",
+        binary,
+        "cargo build --release -p sluice-engine --example provider",
+    )?;
     let mut command = Command::new(binary);
     command
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -123,7 +127,11 @@ pub(crate) async fn start_daemon(
     payee_key: B256,
     policy: &SettlePolicy,
 ) -> Result<Daemon, DemoError> {
-    require_binary("sluice-settle-daemon", binary, "cargo build --release -p sluice-settle-daemon")?;
+    require_binary(
+        "sluice-settle-daemon",
+        binary,
+        "cargo build --release -p sluice-settle-daemon",
+    )?;
     let dir = run_dir.join("daemon");
     fs::create_dir_all(&dir).map_err(|e| DemoError::io("creating", &dir, e))?;
     let token_file = dir.join("feed-token");

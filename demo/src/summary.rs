@@ -29,6 +29,7 @@ pub(crate) struct Summary<'a> {
     pub(crate) agents_elapsed: Duration,
     pub(crate) total_elapsed: Duration,
     pub(crate) channels: usize,
+    pub(crate) unsettled_at_close: usize,
 }
 
 impl Summary<'_> {
@@ -53,7 +54,10 @@ impl Summary<'_> {
             .flat_map(|r| r.latencies.iter().skip(1).copied())
             .collect();
         let ms = |d: Option<Duration>| {
-            d.map_or_else(|| "-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+            d.map_or_else(
+                || "-".into(),
+                |d| format!("{:.2} ms", d.as_secs_f64() * 1e3),
+            )
         };
         let settled_total: u128 = self
             .chain_channels
@@ -75,7 +79,10 @@ impl Summary<'_> {
             .map_or_else(|| "-".to_owned(), group);
 
         let rule = "=".repeat(96);
-        println!("\n{rule}\nSLUICE DEMO SUMMARY  (run dir {})\n{rule}", self.run_dir.display());
+        println!(
+            "\n{rule}\nSLUICE DEMO SUMMARY  (run dir {})\n{rule}",
+            self.run_dir.display()
+        );
         let row = |k: &str, v: String| println!("  {k:<34} {v}");
         row(
             "agents (channels)",
@@ -106,7 +113,11 @@ impl Summary<'_> {
         row("vouchers signed (clients)", group(vouchers));
         row(
             "latency p50 / p99 (all requests)",
-            format!("{} / {}", ms(percentile(&mut all, 50)), ms(percentile(&mut all, 99))),
+            format!(
+                "{} / {}",
+                ms(percentile(&mut all, 50)),
+                ms(percentile(&mut all, 99))
+            ),
         );
         row(
             "latency p50 / p99 (after open)",
@@ -131,8 +142,20 @@ impl Summary<'_> {
             ),
         );
         row(
+            "fully settled before the close",
+            format!(
+                "{} of {} channels (the close pays any rest)",
+                self.channels.saturating_sub(self.unsettled_at_close),
+                self.channels
+            ),
+        );
+        row(
             "close transactions",
-            format!("{} txs, {} gas", self.txs.close_txs, group(self.txs.close_gas)),
+            format!(
+                "{} txs, {} gas",
+                self.txs.close_txs,
+                group(self.txs.close_gas)
+            ),
         );
         row(
             "gas per channel",

@@ -30,10 +30,18 @@ fn ensure_built(relative: &str, cargo_args: &[&str]) {
 }
 
 fn demo() -> Command {
-    ensure_built("examples/provider", &["-p", "sluice-engine", "--example", "provider"]);
+    ensure_built(
+        "examples/provider",
+        &["-p", "sluice-engine", "--example", "provider"],
+    );
     ensure_built(
         "sluice-settle-daemon",
-        &["-p", "sluice-settle-daemon", "--bin", "sluice-settle-daemon"],
+        &[
+            "-p",
+            "sluice-settle-daemon",
+            "--bin",
+            "sluice-settle-daemon",
+        ],
     );
     Command::new(env!("CARGO_BIN_EXE_sluice-demo"))
 }
@@ -42,8 +50,24 @@ fn demo() -> Command {
 fn a_tiny_demo_reconciles_and_passes() {
     let dir = tempfile::tempdir().unwrap();
     let output = demo()
-        .args(["--agents", "3", "--requests", "5", "--streams", "1", "--tokens", "20"])
-        .args(["--topup-every", "2", "--batch-size", "2", "--settle-units", "3"])
+        .args([
+            "--agents",
+            "3",
+            "--requests",
+            "5",
+            "--streams",
+            "1",
+            "--tokens",
+            "20",
+        ])
+        .args([
+            "--topup-every",
+            "2",
+            "--batch-size",
+            "2",
+            "--settle-units",
+            "3",
+        ])
         .arg("--run-dir")
         .arg(dir.path())
         .output()
@@ -58,7 +82,10 @@ fn a_tiny_demo_reconciles_and_passes() {
     assert!(stdout.contains("RESULT: PASS"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // Every reconciliation check printed a PASS line.
-    let passes = stdout.lines().filter(|l| l.trim_start().starts_with("PASS ")).count();
+    let passes = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("PASS "))
+        .count();
     assert!(passes >= 10, "{passes} PASS lines\n{stdout}");
     // The figures are the workload's: 3 agents x 5 requests, 1 stream x 20 tokens each.
     assert!(stdout.contains("15 ok of 15"), "{stdout}");
@@ -77,7 +104,10 @@ fn a_tiny_demo_reconciles_and_passes() {
     }
     let config = std::fs::read_to_string(dir.path().join("daemon/settle.toml")).unwrap();
     let key = std::fs::read_to_string(dir.path().join("daemon/payee.key")).unwrap();
-    assert!(!config.contains(key.trim()), "the key is only in its own file");
+    assert!(
+        !config.contains(key.trim()),
+        "the key is only in its own file"
+    );
 }
 
 #[test]

@@ -603,5 +603,7 @@ pub async fn scan(
 /// Locks the state, recovering from a poisoned lock (the state's writes are atomic, so a
 /// panic elsewhere cannot leave it half-written).
 pub fn lock(state: &std::sync::Mutex<DaemonState>) -> std::sync::MutexGuard<'_, DaemonState> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -591,11 +591,7 @@ impl Config {
         if let Some(ms) = self.service.tick_ms
             && !(10..=3_600_000).contains(&ms)
         {
-            return invalid(
-                "service.tick_ms",
-                ms.to_string(),
-                "must be 10..=3600000",
-            );
+            return invalid("service.tick_ms", ms.to_string(), "must be 10..=3600000");
         }
         let c = &self.chain;
         if c.log_range == 0 || c.log_range > 100_000 {
@@ -609,11 +605,7 @@ impl Config {
             return invalid("chain.poll_ms", c.poll_ms.to_string(), "must be 10..=60000");
         }
         if c.replace_after_secs == 0 {
-            return invalid(
-                "chain.replace_after_secs",
-                "0".into(),
-                "must be at least 1",
-            );
+            return invalid("chain.replace_after_secs", "0".into(), "must be at least 1");
         }
         if !(100..=120_000).contains(&c.request_timeout_ms) {
             return invalid(

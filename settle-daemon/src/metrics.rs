@@ -222,7 +222,10 @@ mod tests {
             "sluice_daemon_last_block 100",
             "# TYPE sluice_daemon_gas_used_total counter",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 
@@ -231,7 +234,11 @@ mod tests {
         let m = Metrics::default();
         assert!(m.unhealthy(Duration::from_secs(60)).is_some());
         m.feed_ok(1);
-        assert!(m.unhealthy(Duration::from_secs(60)).unwrap().starts_with("scan"));
+        assert!(
+            m.unhealthy(Duration::from_secs(60))
+                .unwrap()
+                .starts_with("scan")
+        );
         m.scan_ok(1, 1);
         assert_eq!(m.unhealthy(Duration::from_secs(60)), None);
         let failing = Metrics::default();
@@ -240,6 +247,10 @@ mod tests {
             failing.unhealthy(Duration::from_secs(60)).as_deref(),
             Some("feed: refused")
         );
-        assert!(failing.render().contains("sluice_daemon_errors_total{kind=\"feed\"} 1"));
+        assert!(
+            failing
+                .render()
+                .contains("sluice_daemon_errors_total{kind=\"feed\"} 1")
+        );
     }
 }

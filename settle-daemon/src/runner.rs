@@ -349,7 +349,11 @@ impl Daemon {
             Ok(report) => {
                 self.metrics.scan_ok(report.head, report.last_block);
                 if report.events > 0 {
-                    tracing::debug!(events = report.events, last_block = report.last_block, "events scanned");
+                    tracing::debug!(
+                        events = report.events,
+                        last_block = report.last_block,
+                        "events scanned"
+                    );
                 }
             }
             Err(e) => {
@@ -372,7 +376,11 @@ impl Daemon {
     async fn reconcile(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), DaemonError> {
         let txs = lock(&self.state).txs()?;
         for record in txs {
-            tracing::info!(nonce = record.nonce, attempts = record.attempts.len(), "reconciling a recorded transaction");
+            tracing::info!(
+                nonce = record.nonce,
+                attempts = record.attempts.len(),
+                "reconciling a recorded transaction"
+            );
             // Broadcast the latest attempt again in case it never reached the node.
             self.drive(record, shutdown).await?;
             if *shutdown.borrow() {
@@ -457,7 +465,11 @@ impl Daemon {
         };
         let plan = policy::plan(&views, &self.policy, &market);
         if !plan.actions.is_empty() {
-            tracing::info!(actions = plan.actions.len(), skipped = plan.skipped.len(), "plan");
+            tracing::info!(
+                actions = plan.actions.len(),
+                skipped = plan.skipped.len(),
+                "plan"
+            );
         }
         for action in &plan.actions {
             if *shutdown.borrow() {
@@ -613,13 +625,20 @@ impl Daemon {
                 } else {
                     "rejected"
                 });
-                tracing::warn!(nonce = record.nonce, ?end, "transaction will not be mined; re-planning");
+                tracing::warn!(
+                    nonce = record.nonce,
+                    ?end,
+                    "transaction will not be mined; re-planning"
+                );
                 let facts = self.reread(&ids).await?;
                 lock(&self.state).finish_tx(&record, &facts)?;
                 Ok(())
             }
             TxEnd::Interrupted => {
-                tracing::info!(nonce = record.nonce, "shutdown while waiting; the transaction stays recorded");
+                tracing::info!(
+                    nonce = record.nonce,
+                    "shutdown while waiting; the transaction stays recorded"
+                );
                 Ok(())
             }
         }

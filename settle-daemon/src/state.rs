@@ -404,7 +404,8 @@ impl DaemonState {
             .map(|item| {
                 let (k, v) = item?;
                 let channel = channel_of(&k)?;
-                let facts = decode_engine(&v).ok_or_else(|| corrupt("engine facts", &k, v.len()))?;
+                let facts =
+                    decode_engine(&v).ok_or_else(|| corrupt("engine facts", &k, v.len()))?;
                 Ok((channel, facts))
             })
             .collect()
@@ -476,7 +477,10 @@ impl DaemonState {
                 close_requested_at: entry.close_requested_at,
                 first_unsettled_at,
             };
-            batch.insert(&key(PREFIX_ENGINE, &channel)[..], &encode_engine(&facts)[..]);
+            batch.insert(
+                &key(PREFIX_ENGINE, &channel)[..],
+                &encode_engine(&facts)[..],
+            );
             engine.insert(channel, facts);
         }
         batch.insert(KEY_CURSOR, &next.to_be_bytes());

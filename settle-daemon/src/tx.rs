@@ -416,7 +416,10 @@ impl Sender {
             let market = self.rpc.fees().await?;
             let (max_fee, tip) = bumped(&last, market);
             let input = decode_input(&last.raw).ok_or_else(|| {
-                TxError::Sign(format!("recorded transaction {} does not decode", last.hash))
+                TxError::Sign(format!(
+                    "recorded transaction {} does not decode",
+                    last.hash
+                ))
             })?;
             let attempt = self.sign(record.nonce, record.gas_limit, max_fee, tip, &input)?;
             record.attempts.push(attempt.clone());
