@@ -14,12 +14,9 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Builds what the demo starts if a filtered test run did not (`cargo test --workspace`
-/// builds both already).
-fn ensure_built(relative: &str, cargo_args: &[&str]) {
-    if profile_dir().join(relative).is_file() {
-        return;
-    }
+/// Builds what the demo starts. Always through cargo (a no-op when fresh): a binary left by an
+/// older build would test yesterday's provider or daemon.
+fn build(cargo_args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .arg("build")
@@ -30,19 +27,19 @@ fn ensure_built(relative: &str, cargo_args: &[&str]) {
 }
 
 fn demo() -> Command {
-    ensure_built(
-        "examples/provider",
-        &["-p", "sluice-engine", "--example", "provider"],
-    );
-    ensure_built(
+    build(&["-p", "sluice-engine", "--example", "provider"]);
+    build(&[
+        "-p",
         "sluice-settle-daemon",
-        &[
-            "-p",
-            "sluice-settle-daemon",
-            "--bin",
-            "sluice-settle-daemon",
-        ],
-    );
+        "--bin",
+        "sluice-settle-daemon",
+    ]);
+    for binary in ["examples/provider", "sluice-settle-daemon"] {
+        assert!(
+            profile_dir().join(binary).is_file(),
+            "{binary} was not built"
+        );
+    }
     Command::new(env!("CARGO_BIN_EXE_sluice-demo"))
 }
 
