@@ -296,4 +296,76 @@ mod tests {
             })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The rule against its specification: a new voucher covers the target, grows, keeps
+        /// to the caps and the (topped-up) deposit, signs at most `sign_ahead` beyond what is
+        /// needed, tops up by the fewest multiples; refusals happen exactly when they must.
+        #[test]
+        fn plan_keeps_caps_deposit_and_growth(
+            deposit in 1u128..10_000,
+            signed in 0u128..10_000,
+            target in 0u128..12_000,
+            others in 0u128..10_000,
+            sign_ahead in 0u128..3_000,
+            min_delta in 0u128..500,
+            cap_channel in proptest::option::of(1u128..12_000),
+            cap_total in proptest::option::of(1u128..25_000),
+            policy in proptest::option::of((0u128..2_000, 1u128..3_000)),
+        ) {
+            let top_up = policy.map(|(below, amount)| TopUpPolicy { below, amount });
+            let limits = Limits {
+                sign_ahead,
+                min_delta,
+                cap_per_channel: cap_channel,
+                cap_total,
+                top_up,
+            };
+            let total = others + signed;
+            let floor = if signed > 0 { target.max(signed + min_delta.max(1)) } else { target.max(1) };
+            let result = plan_voucher(CH, deposit, signed, target, total, limits);
+            if signed > 0 && target <= signed {
+                proptest::prop_assert_eq!(result.unwrap(), VoucherPlan::Reuse { amount: signed });
+                return Ok(());
+            }
+            let channel_ok = cap_channel.is_none_or(|cap| floor <= cap);
+            let total_ok = cap_total.is_none_or(|cap| others + floor <= cap);
+            let deposit_ok = top_up.is_some() || floor <= deposit;
+            match result {
+                Ok(VoucherPlan::Sign { amount, top_up: added }) => {
+                    proptest::prop_assert!(channel_ok && total_ok && deposit_ok);
+                    proptest::prop_assert!(amount >= floor && amount >= target && amount > signed);
+                    proptest::prop_assert!(amount <= floor + sign_ahead);
+                    if let Some(cap) = cap_channel { proptest::prop_assert!(amount <= cap); }
+                    if let Some(cap) = cap_total { proptest::prop_assert!(others + amount <= cap); }
+                    proptest::prop_assert!(amount <= deposit + added);
+                    match top_up {
+                        None => proptest::prop_assert_eq!(added, 0),
+                        Some(policy) if added > 0 => {
+                            proptest::prop_assert_eq!(added % policy.amount, 0);
+                            proptest::prop_assert!(deposit + added >= amount + policy.below);
+                            proptest::prop_assert!(deposit + added - policy.amount < amount + policy.below);
+                        }
+                        Some(policy) => proptest::prop_assert!(deposit >= amount + policy.below),
+                    }
+                }
+                Ok(VoucherPlan::Reuse { .. }) => proptest::prop_assert!(false, "reuse below the target"),
+                Err(ClientError::CapExceeded { scope: CapScope::Channel, cap, would_be }) => {
+                    proptest::prop_assert!(!channel_ok);
+                    proptest::prop_assert_eq!((Some(cap), would_be), (cap_channel, floor));
+                }
+                Err(ClientError::CapExceeded { scope: CapScope::Client, cap, would_be }) => {
+                    proptest::prop_assert!(channel_ok && !total_ok);
+                    proptest::prop_assert_eq!((Some(cap), would_be), (cap_total, others + floor));
+                }
+                Err(ClientError::DepositExhausted { deposit: d, required, .. }) => {
+                    proptest::prop_assert!(channel_ok && total_ok && !deposit_ok);
+                    proptest::prop_assert_eq!((d, required), (deposit, floor));
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected {other}"),
+            }
+        }
+    }
 }

@@ -46,6 +46,8 @@ pub struct PayerConfig {
     pub cap_total: Option<u128>,
     /// Upper bound of one HTTP exchange with a provider (not applied to a stream's body).
     pub http_timeout: Duration,
+    /// The longest a stream may stay silent (between two chunks) before the client gives up.
+    pub stream_idle_timeout: Duration,
     /// How many times one request is re-sent after a refusal the client can fix (a fresh
     /// challenge, a voucher overtaken by a concurrent one, a balance to raise).
     pub max_payment_retries: u32,
@@ -69,6 +71,7 @@ impl std::fmt::Debug for PayerConfig {
             .field("cap_per_channel", &self.cap_per_channel)
             .field("cap_total", &self.cap_total)
             .field("http_timeout", &self.http_timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("max_payment_retries", &self.max_payment_retries)
             .finish_non_exhaustive()
     }
@@ -78,6 +81,8 @@ impl std::fmt::Debug for PayerConfig {
 pub const DEFAULT_DEPOSIT: u128 = 1_000_000;
 /// Default bound of one HTTP exchange.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound of a stream's silence.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default number of re-sends after a fixable refusal.
 pub const DEFAULT_MAX_PAYMENT_RETRIES: u32 = 8;
 
@@ -104,6 +109,7 @@ impl PayerConfig {
             cap_per_channel: None,
             cap_total: None,
             http_timeout: DEFAULT_HTTP_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             max_payment_retries: DEFAULT_MAX_PAYMENT_RETRIES,
         }
     }

@@ -14,6 +14,20 @@ pub enum CapScope {
     Client,
 }
 
+/// An HTTP exchange with a provider that failed below the payment protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HTTP {operation} {url}: {message}")]
+pub struct HttpFailure {
+    /// What the client was doing (`send`, `read body`, `read stream`, ...).
+    pub operation: &'static str,
+    /// The URL.
+    pub url: String,
+    /// The transport's message.
+    pub message: String,
+    /// Whether it timed out.
+    pub timeout: bool,
+}
+
 /// Why a payer-client call failed. Nothing is signed or sent after a [`ClientError::CapExceeded`]
 /// or a configuration error; the other variants say how far the call got.
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +56,8 @@ pub enum ClientError {
         detail: String,
     },
     /// The HTTP exchange itself failed (connect, timeout, a broken body).
-    #[error("HTTP {operation} {url}: {message}")]
-    Http {
-        /// What the client was doing.
-        operation: &'static str,
-        /// The URL.
-        url: String,
-        /// The transport's message.
-        message: String,
-        /// Whether it timed out.
-        timeout: bool,
-    },
+    #[error(transparent)]
+    Http(#[from] HttpFailure),
     /// A chain read or broadcast failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -108,6 +113,17 @@ pub enum ClientError {
         /// The cumulative amount needed.
         required: u128,
     },
+    /// The payer holds less of the token than the deposit (or top-up) needs. Checked before
+    /// the `approve` is sent.
+    #[error("the payer holds {balance} of token {token}, the deposit needs {required}")]
+    InsufficientFunds {
+        /// The token.
+        token: alloy_primitives::Address,
+        /// The payer's balance.
+        balance: u128,
+        /// What the deposit or top-up needs.
+        required: u128,
+    },
     /// A transaction the client sent itself (`approve`) reverted.
     #[error("{action} transaction {tx_hash} reverted")]
     TxReverted {
@@ -157,7 +173,7 @@ impl ClientError {
     /// Whether the same call may succeed if repeated later (transport failures, a 5xx).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Http { .. } => true,
+            Self::Http(_) => true,
             Self::Chain(error) => error.is_retryable(),
             Self::Problem { status, .. } => *status >= 500,
             _ => false,

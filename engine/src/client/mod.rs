@@ -28,9 +28,10 @@ use sluice_voucher::{SigningKey, Voucher, VoucherDomain, sign_voucher};
 use tokio::sync::OnceCell;
 
 pub use self::config::{
-    DEFAULT_DEPOSIT, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PAYMENT_RETRIES, PayerConfig, TopUpPolicy,
+    DEFAULT_DEPOSIT, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PAYMENT_RETRIES,
+    DEFAULT_STREAM_IDLE_TIMEOUT, PayerConfig, TopUpPolicy,
 };
-pub use self::error::{CapScope, ClientError};
+pub use self::error::{CapScope, ClientError, HttpFailure};
 pub use self::sse::{EventTooLong, MAX_EVENT_LEN, SseEvent, SseReader};
 /// A session receipt (`Payment-Receipt`), as the server sent it.
 pub use crate::protocol::SessionReceipt as Receipt;
@@ -102,6 +103,9 @@ pub struct ClientStats {
     pub top_ups: u64,
     /// Cooperative closes.
     pub closes: u64,
+    /// Credentials re-sent after a refusal the client could fix (a fresh challenge, a voucher
+    /// overtaken by a concurrent one, a balance to raise).
+    pub retries: u64,
     /// Sum over the client's channels of the highest cumulative amount signed.
     pub signed_total: u128,
 }
@@ -123,7 +127,8 @@ pub struct ChannelSnapshot {
     pub owed: u128,
     /// The highest `acceptedCumulative` a receipt reported.
     pub accepted: u128,
-    /// Whether the client closed it.
+    /// Whether the client stopped using it: it closed it, or the server answered that the
+    /// channel is gone or closing (`410`).
     pub closed: bool,
 }
 
@@ -168,6 +173,7 @@ struct Counters {
     opens: AtomicU64,
     top_ups: AtomicU64,
     closes: AtomicU64,
+    retries: AtomicU64,
 }
 
 struct Inner {
@@ -241,6 +247,15 @@ enum Need {
     Nothing,
 }
 
+/// What one credential must achieve: `need`, at least `floor` (an amount the server asked
+/// for), and whether to keep the channel's lock until the answer is in.
+#[derive(Clone, Copy, Debug)]
+struct Ask {
+    need: Need,
+    floor: u128,
+    hold: bool,
+}
+
 /// A credential ready to send, and the locks an `open` holds until its answer is in.
 struct Prepared {
     header: String,
@@ -248,6 +263,10 @@ struct Prepared {
     amount: u128,
     topped_up: bool,
     open: Option<OpenInFlight>,
+    /// The channel's sequence lock, held until the answer is in (a re-send after being
+    /// overtaken twice: no newer voucher can be signed while it is in flight, so it cannot be
+    /// overtaken again).
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 struct OpenInFlight {
@@ -313,12 +332,12 @@ fn problem_from_json(status: u16, json: &Value) -> Option<ProblemBody> {
 }
 
 fn http_error(operation: &'static str, url: &reqwest::Url, error: &reqwest::Error) -> ClientError {
-    ClientError::Http {
+    ClientError::Http(HttpFailure {
         operation,
         url: url.to_string(),
         message: error.to_string(),
         timeout: error.is_timeout(),
-    }
+    })
 }
 
 fn key_of(bytes: &B256, field: &'static str) -> Result<SigningKey, ClientError> {
@@ -481,6 +500,11 @@ impl PayerClient {
             .bytes()
             .await
             .map_err(|e| http_error("read body", &target.url, &e))?;
+        if !status.is_success()
+            && let Some(problem) = problem_of(status, &headers, &body)
+        {
+            return Err(problem.into_error());
+        }
         Ok(PaidResponse {
             status,
             headers,
@@ -502,21 +526,36 @@ impl PayerClient {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         let target = target(url)?;
         let mut paid = self.pay(&Method::GET, &target, None, false, true).await?;
-        let mut summary = StreamSummary::default();
+        let mut summary = StreamSummary {
+            top_ups: u32::from(paid.topped_up),
+            ..StreamSummary::default()
+        };
         let mut reader = SseReader::new();
         let status = paid.response.status();
         if !status.is_success() {
-            return Err(ClientError::Problem {
-                status: status.as_u16(),
-                problem_type: String::new(),
-                detail: format!("the stream answered {status}"),
+            let headers = paid.response.headers().clone();
+            let body = paid.response.bytes().await.unwrap_or_default();
+            return Err(match problem_of(status, &headers, &body) {
+                Some(problem) => problem.into_error(),
+                None => ClientError::Problem {
+                    status: status.as_u16(),
+                    problem_type: String::new(),
+                    detail: format!("the stream answered {status}"),
+                },
             });
         }
         loop {
-            let chunk = paid
-                .response
-                .chunk()
+            let idle = self.inner.config.stream_idle_timeout;
+            let chunk = tokio::time::timeout(idle, paid.response.chunk())
                 .await
+                .map_err(|_| {
+                    ClientError::Http(HttpFailure {
+                        operation: "read stream",
+                        url: target.url.to_string(),
+                        message: format!("nothing received for {} ms", idle.as_millis()),
+                        timeout: true,
+                    })
+                })?
                 .map_err(|e| http_error("read stream", &target.url, &e))?;
             let Some(chunk) = chunk else { break };
             let events = reader.feed(&chunk).map_err(|e| {
@@ -678,6 +717,7 @@ impl PayerClient {
             opens: c.opens.load(Ordering::Relaxed),
             top_ups: c.top_ups.load(Ordering::Relaxed),
             closes: c.closes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
             signed_total: *lock(&self.inner.total_signed),
         }
     }
@@ -899,9 +939,9 @@ impl PayerClient {
         target: &Target,
         challenge: &Challenge,
         terms: Terms,
-        need: Need,
-        floor: u128,
+        ask: Ask,
     ) -> Result<Prepared, ClientError> {
+        let Ask { need, floor, hold } = ask;
         let sequence = Arc::clone(&slot.sequence).lock_owned().await;
         if slot.retired.load(Ordering::SeqCst) {
             let id = lock(&slot.state).as_ref().map(|s| s.id).unwrap_or_default();
@@ -980,7 +1020,7 @@ impl PayerClient {
                 current.committed = current.committed.max(committed);
             }
         }
-        drop(sequence);
+        let held = hold.then_some(sequence);
         let header = self.credential_header(
             challenge.clone(),
             SessionPayload::Voucher(VoucherPayload {
@@ -996,6 +1036,36 @@ impl PayerClient {
             amount,
             topped_up,
             open: None,
+            _held: held,
+        })
+    }
+
+    /// A voucher credential for the channel's highest signed amount if it is above `amount`:
+    /// vouchers are cumulative, so the highest one pays for this request too, and sending the
+    /// newest one makes it less likely that a concurrent, higher voucher overtakes it (the
+    /// server refuses a voucher below the one it accepted, and the client re-sends).
+    fn fresher_voucher(
+        &self,
+        slot: &Slot,
+        challenge: &Challenge,
+        amount: u128,
+    ) -> Option<(String, u128)> {
+        let (channel, signed, signature) = {
+            let state = lock(&slot.state);
+            let state = state.as_ref()?;
+            (state.id, state.signed, state.signature.clone())
+        };
+        (signed > amount).then(|| {
+            let header = self.credential_header(
+                challenge.clone(),
+                SessionPayload::Voucher(VoucherPayload {
+                    channel_id: channel,
+                    cumulative_amount: signed,
+                    signature,
+                    descriptor: None,
+                }),
+            );
+            (header, signed)
         })
     }
 
@@ -1088,6 +1158,7 @@ impl PayerClient {
                 _tx: tx,
                 signed: amount,
             }),
+            _held: None,
         })
     }
 
@@ -1127,6 +1198,8 @@ impl PayerClient {
         let mut reserved: Option<(Arc<Slot>, u128)> = None;
         let mut floor = 0u128;
         let mut attempts = 0u32;
+        // Consecutive refusals of a voucher overtaken by a concurrent, higher one.
+        let mut overtaken = 0u32;
         let result = loop {
             let (challenge_now, terms) = match challenge.take() {
                 Some(c) => match self.terms(&c) {
@@ -1134,10 +1207,19 @@ impl PayerClient {
                     Err(error) => break Err(error),
                 },
                 None => {
-                    let response = self
+                    let response = match self
                         .send(method, &target.url, body.clone(), None, stream)
-                        .await?;
-                    if response.status() != StatusCode::PAYMENT_REQUIRED {
+                        .await
+                    {
+                        Ok(response) => response,
+                        Err(error) => break Err(error),
+                    };
+                    // Not a 402, or a 402 with no challenge at all (not a payment challenge,
+                    // as mppx reads it): the caller gets the response (a problem body becomes
+                    // `ClientError::Problem`).
+                    if response.status() != StatusCode::PAYMENT_REQUIRED
+                        || !response.headers().contains_key(WWW_AUTHENTICATE)
+                    {
                         break Ok(Paid::unpaid(response));
                     }
                     match self.select(response.headers(), target.url.as_str()) {
@@ -1161,7 +1243,17 @@ impl PayerClient {
                 }
             };
             let prepared = match self
-                .prepare(&slot, target, &challenge_now, terms, need, floor)
+                .prepare(
+                    &slot,
+                    target,
+                    &challenge_now,
+                    terms,
+                    Ask {
+                        need,
+                        floor,
+                        hold: overtaken >= 2,
+                    },
+                )
                 .await
             {
                 Ok(prepared) => prepared,
@@ -1169,6 +1261,14 @@ impl PayerClient {
             };
             if charged && reserved.is_none() {
                 reserved = Some((Arc::clone(&slot), terms.price));
+            }
+            let mut prepared = prepared;
+            if prepared.open.is_none()
+                && let Some((header, amount)) =
+                    self.fresher_voucher(&slot, &challenge_now, prepared.amount)
+            {
+                prepared.header = header;
+                prepared.amount = amount;
             }
             let sent = self
                 .send(
@@ -1211,6 +1311,7 @@ impl PayerClient {
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
+                    topped_up: prepared.topped_up,
                     receipt: Some(receipt),
                     channel: Some((slot, prepared.channel)),
                     terms: Some(terms),
@@ -1225,6 +1326,7 @@ impl PayerClient {
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
+                    topped_up: prepared.topped_up,
                     receipt: None,
                     channel: Some((slot, prepared.channel)),
                     terms: Some(terms),
@@ -1263,8 +1365,12 @@ impl PayerClient {
                     }
                     None => false,
                 },
-                // Overtaken by a concurrent, higher voucher of this client: send the highest.
-                Some(ProblemKind::VerificationFailed) => prepared.amount < current_signed,
+                // Overtaken by a concurrent, higher voucher of this client: send the highest
+                // (holding the channel's lock from the second time on).
+                Some(ProblemKind::VerificationFailed) if prepared.amount < current_signed => {
+                    overtaken += 1;
+                    true
+                }
                 Some(ProblemKind::ChannelNotFound | ProblemKind::ChannelFinalized) => {
                     if !was_open {
                         self.retire(&slot);
@@ -1277,6 +1383,7 @@ impl PayerClient {
             if !retry || attempts > self.inner.config.max_payment_retries {
                 break Err(problem.into_error());
             }
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             lock(&self.inner.challenges).remove(&target.route);
             challenge = fresh.map(|(c, _)| c).or(Some(challenge_now));
         };
@@ -1307,11 +1414,14 @@ impl PayerClient {
                     target,
                     &challenge,
                     terms,
-                    Need::Cumulative {
-                        required,
-                        price: terms.price,
+                    Ask {
+                        need: Need::Cumulative {
+                            required,
+                            price: terms.price,
+                        },
+                        floor: 0,
+                        hold: false,
                     },
-                    0,
                 )
                 .await?;
             let response = self
@@ -1483,6 +1593,8 @@ impl PayerClient {
 /// A paid (or unpaid) response and the channel it was paid on.
 struct Paid {
     response: reqwest::Response,
+    /// Whether preparing the credential topped the channel up.
+    topped_up: bool,
     receipt: Option<Receipt>,
     channel: Option<(Arc<Slot>, B256)>,
     terms: Option<Terms>,
@@ -1493,6 +1605,7 @@ impl Paid {
     fn unpaid(response: reqwest::Response) -> Self {
         Self {
             response,
+            topped_up: false,
             receipt: None,
             channel: None,
             terms: None,

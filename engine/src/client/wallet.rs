@@ -22,9 +22,10 @@ use super::ClientError;
 use crate::chain::{ChainClient, ChainError, ChainErrorKind, RpcChain, classify_rpc_error};
 
 alloy::sol! {
-    /// The one ERC-20 function the payer calls itself.
-    interface IErc20Approve {
+    /// The ERC-20 functions the payer calls itself.
+    interface IErc20Payer {
         function approve(address spender, uint256 amount) external returns (bool);
+        function balanceOf(address owner) external view returns (uint256);
     }
 }
 
@@ -85,9 +86,9 @@ impl Wallet {
             .map_err(|e| ClientError::Chain(classify_rpc_error("eth_getTransactionCount", e)))
     }
 
-    /// Signs a call of `to` with `input` at `nonce`. The gas limit is the node's estimate
-    /// plus a margin; `estimate_at_nonce` is false for an `open` whose `approve` was only just
-    /// mined (estimated the same way; the node sees the allowance by then).
+    /// Signs a call of `to` with `input` at `nonce`. The gas limit is the node's estimate plus
+    /// a margin (an `open` is estimated after its `approve` is mined, so a call that would
+    /// revert is refused here, before anything is sent to the provider).
     async fn sign_call(
         &self,
         nonce: u64,
@@ -132,10 +133,36 @@ impl Wallet {
             .into())
     }
 
-    /// Sends `token.approve(escrow, amount)` itself and waits until it is mined.
+    /// Sends `token.approve(escrow, amount)` itself and waits until it is mined, after checking
+    /// that the payer holds `amount` (so a deposit it cannot fund costs no transaction).
     pub(crate) async fn approve(&self, amount: u128) -> Result<(), ClientError> {
+        let call = IErc20Payer::balanceOfCall {
+            owner: self.address,
+        };
+        let request = TransactionRequest::default()
+            .with_to(self.token)
+            .with_input(call.abi_encode());
+        let output = self
+            .provider
+            .call(request)
+            .await
+            .map_err(|e| ClientError::Chain(classify_rpc_error("balanceOf", e)))?;
+        let balance = IErc20Payer::balanceOfCall::abi_decode_returns(&output).map_err(|e| {
+            ClientError::Chain(ChainError::new(
+                ChainErrorKind::Decode,
+                "balanceOf",
+                e.to_string(),
+            ))
+        })?;
+        if balance < U256::from(amount) {
+            return Err(ClientError::InsufficientFunds {
+                token: self.token,
+                balance: balance.saturating_to(),
+                required: amount,
+            });
+        }
         let nonce = self.nonce().await?;
-        let call = IErc20Approve::approveCall {
+        let call = IErc20Payer::approveCall {
             spender: self.escrow,
             amount: U256::from(amount),
         };

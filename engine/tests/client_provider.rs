@@ -1,0 +1,660 @@
+//! The payer client against the example provider (`examples/provider.rs`) as a process, on a
+//! real anvil chain with the escrow: plain requests over one channel, clones and concurrent
+//! tasks, signing ahead, a metered SSE stream with need-voucher POSTs and automatic top-ups,
+//! spending caps, a delegated voucher signer, a cooperative close, and a server problem. Every
+//! test checks the client's accounting against the provider's (admin `GET /channels/{id}`) and
+//! the escrow's.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Bytes};
+use alloy::providers::ProviderBuilder;
+use alloy::signers::local::PrivateKeySigner;
+use sluice_contracts::SluiceEscrow;
+use sluice_engine::chain::{ChainClient, OnChainChannel, RpcChain};
+use sluice_engine::client::{
+    CapScope, ChannelSnapshot, ClientError, PayerClient, PayerConfig, TopUpPolicy,
+};
+use sluice_engine::http::feed::FeedPageDto;
+use sluice_engine::protocol::ProblemKind;
+use support::anvil::{CHAIN_ID, TestChain};
+use support::provider::{ADMIN_TOKEN, ExampleProvider};
+
+const PRICE: u128 = 1_000;
+
+fn key(signer: &PrivateKeySigner) -> B256 {
+    signer.to_bytes()
+}
+
+fn config(chain: &TestChain, payer: &PrivateKeySigner) -> PayerConfig {
+    let mut config = PayerConfig::new(
+        chain.rpc_url().as_str(),
+        CHAIN_ID,
+        chain.escrow,
+        chain.token,
+        key(payer),
+    );
+    config.deposit = 50 * PRICE;
+    config
+}
+
+async fn on_chain(chain: &TestChain, id: B256) -> OnChainChannel {
+    RpcChain::connect(chain.config())
+        .await
+        .expect("rpc")
+        .channel(id)
+        .await
+        .expect("getChannel")
+}
+
+/// What the settlement daemon does after a cooperative close: the payee closes the channel on
+/// chain with the feed's latest voucher. Returns that voucher's amount.
+async fn payee_closes_from_feed(
+    chain: &TestChain,
+    provider: &ExampleProvider,
+    payee: &PrivateKeySigner,
+    channel: B256,
+) -> u128 {
+    let page: FeedPageDto = reqwest::Client::new()
+        .get(format!("{}/feed", provider.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = page
+        .entries
+        .iter()
+        .rfind(|e| e.channel_id == channel)
+        .expect("a feed entry for the channel");
+    let rpc = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(payee.clone()))
+        .connect_http(chain.rpc_url());
+    let receipt = SluiceEscrow::new(chain.escrow, &rpc)
+        .close(
+            channel,
+            entry.cumulative_amount,
+            Bytes::from(entry.signature.expect("signed").to_vec()),
+        )
+        .send()
+        .await
+        .expect("close accepted")
+        .get_receipt()
+        .await
+        .expect("close mined");
+    assert!(
+        receipt.status(),
+        "the payee's close with the feed's voucher"
+    );
+    entry.cumulative_amount
+}
+
+fn only_channel(client: &PayerClient) -> ChannelSnapshot {
+    let channels = client.channels();
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    channels.into_iter().next().unwrap()
+}
+
+fn amount(view: &serde_json::Value, field: &str) -> u128 {
+    view[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {view}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_reuse_one_channel_across_clones_and_the_server_agrees() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(1);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    assert_eq!(client.address(), payer.address());
+
+    for i in 1..=5u128 {
+        let response = client.get(&provider.url("/paid")).await.unwrap();
+        assert_eq!(response.status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["answer"], "paid content");
+        let receipt = response.receipt.expect("a receipt");
+        assert_eq!(receipt.spent(), i * PRICE);
+        assert_eq!(receipt.accepted_cumulative(), i * PRICE, "no signing ahead");
+        assert_eq!(
+            response.channel.map(|c| *c.as_b256()),
+            Some(receipt.channel_id())
+        );
+    }
+    // A clone in another task pays on the same channel (new connections, shared state).
+    let clone = client.clone();
+    let url = provider.url("/paid");
+    tokio::spawn(async move {
+        for _ in 0..3 {
+            assert_eq!(clone.get(&url).await.unwrap().status, 200);
+        }
+    })
+    .await
+    .unwrap();
+
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 8 * PRICE);
+    assert_eq!(channel.owed, 8 * PRICE);
+    assert_eq!(channel.deposit, 50 * PRICE);
+    assert_eq!(channel.payee, provider.payee);
+    assert_eq!(channel.origin, provider.base);
+    let stats = client.stats();
+    assert_eq!(stats.opens, 1);
+    assert_eq!(
+        stats.vouchers_signed, 8,
+        "one voucher per request, the open's included"
+    );
+    assert_eq!(stats.requests, 8);
+    assert_eq!(stats.signed_total, 8 * PRICE);
+
+    let view = provider
+        .channel(channel.id)
+        .await
+        .expect("the server knows it");
+    assert_eq!(amount(&view, "acceptedCumulative"), 8 * PRICE);
+    assert_eq!(amount(&view, "spent"), 8 * PRICE);
+    assert_eq!(view["units"], 8);
+    assert_eq!(amount(&view, "deposit"), 50 * PRICE);
+    assert_eq!(view["status"], "open");
+    let escrow = on_chain(&chain, *channel.id.as_b256()).await;
+    assert_eq!(escrow.payer, payer.address());
+    assert_eq!(escrow.payee, provider.payee);
+    assert_eq!(escrow.deposit, 50 * PRICE);
+    assert_eq!(escrow.authorized_signer, Address::ZERO, "the payer signs");
+    assert_eq!(chain.balance(payer.address()).await, 50 * PRICE);
+
+    // A free route costs nothing and names no channel.
+    let free = client.get(&provider.url("/free")).await.unwrap();
+    assert_eq!(free.status, 200);
+    assert_eq!(&free.body[..], b"free content");
+    assert!(free.receipt.is_none() && free.channel.is_none());
+    assert_eq!(client.stats().vouchers_signed, 8);
+}
+
+const TASKS: u128 = 32;
+const EACH: u128 = 6;
+
+/// `TASKS` tasks paying `EACH` requests each through clones of one client; returns the client,
+/// its channel and the provider's view of it.
+async fn pay_concurrently(sign_ahead: u128) -> (PayerClient, ChannelSnapshot, serde_json::Value) {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 300 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 300 * PRICE;
+    config.sign_ahead = sign_ahead;
+    let client = PayerClient::new(config).unwrap();
+
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let client = client.clone();
+        let url = provider.url("/paid");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let response = client.get(&url).await.expect("paid");
+                assert_eq!(response.status, 200);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Vouchers signed in one order may reach the server in another; a lower one is refused and
+    // re-sent at the highest amount (how often is up to the scheduler, so it is printed, not
+    // asserted).
+    eprintln!("sign_ahead {sign_ahead}: {:?}", client.stats());
+    assert_eq!(client.stats().opens, 1, "one channel for all tasks");
+    let channel = only_channel(&client);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), TASKS * EACH * PRICE);
+    assert_eq!(view["units"], (TASKS * EACH) as u64);
+    assert_eq!(amount(&view, "acceptedCumulative"), channel.signed);
+    (client, channel, view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tasks_share_one_channel_and_the_accounting_is_exact() {
+    let (client, channel, _) = pay_concurrently(0).await;
+    let total = TASKS * EACH * PRICE;
+    assert_eq!(channel.signed, total, "cumulative = requests × price");
+    assert_eq!(client.stats().vouchers_signed, (TASKS * EACH) as u64);
+    assert_eq!(client.stats().signed_total, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tasks_signing_ahead_sign_rarely_and_never_beyond_the_headroom() {
+    const AHEAD: u128 = 32;
+    let (client, channel, _) = pay_concurrently(AHEAD * PRICE).await;
+    let total = TASKS * EACH * PRICE;
+    // Each new voucher is at least one unit above the last plus the headroom.
+    let most = (TASKS * EACH).div_ceil(AHEAD + 1) as u64 + 1;
+    assert!(
+        client.stats().vouchers_signed <= most,
+        "{:?}",
+        client.stats()
+    );
+    assert!(channel.signed >= total && channel.signed <= total + AHEAD * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_ahead_saves_signatures_and_close_settles_what_the_server_holds() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(3);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.sign_ahead = 3 * PRICE;
+    let client = PayerClient::new(config).unwrap();
+
+    for _ in 0..6 {
+        assert_eq!(
+            client.get(&provider.url("/paid")).await.unwrap().status,
+            200
+        );
+    }
+    // Open at 4 (1 + 3 ahead) covers requests 1..=4; request 5 signs 8, request 6 reuses it.
+    assert_eq!(client.stats().vouchers_signed, 2);
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 8 * PRICE);
+    assert_eq!(channel.owed, 6 * PRICE);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "acceptedCumulative"), 8 * PRICE);
+    assert_eq!(amount(&view, "spent"), 6 * PRICE);
+
+    // The server holds the voucher of 8: on a v1 escrow that is what the payee can claim, so
+    // the close says so, with the signature already made.
+    let closed = client.close(&provider.url("/paid")).await.unwrap();
+    assert_eq!(closed.channel, channel.id);
+    assert_eq!(closed.final_amount, 8 * PRICE);
+    assert_eq!(client.stats().vouchers_signed, 2);
+    assert_eq!(client.stats().closes, 1);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(view["status"], "closing");
+    assert_eq!(amount(&view, "acceptedCumulative"), 8 * PRICE);
+    let snapshot = client.channels();
+    assert_eq!(snapshot.len(), 1);
+    assert!(snapshot[0].closed);
+
+    // Settlement: the payee gets exactly the close amount, the payer the rest of the deposit.
+    let settled =
+        payee_closes_from_feed(&chain, &provider, &chain.account(9), *channel.id.as_b256()).await;
+    assert_eq!(settled, closed.final_amount);
+    assert_eq!(chain.balance(provider.payee).await, 8 * PRICE);
+    assert_eq!(
+        chain.balance(payer.address()).await,
+        100 * PRICE - 8 * PRICE
+    );
+    assert_eq!(chain.balance(chain.escrow).await, 0);
+    assert!(on_chain(&chain, *channel.id.as_b256()).await.finalized);
+
+    // The next request opens a fresh channel.
+    assert_eq!(
+        client.get(&provider.url("/paid")).await.unwrap().status,
+        200
+    );
+    assert_eq!(client.stats().opens, 2);
+    let open: Vec<_> = client
+        .channels()
+        .into_iter()
+        .filter(|c| !c.closed)
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_ne!(open[0].id, channel.id);
+    // Closing twice is refused: nothing is open for that origin any more after this close.
+    client.close(&provider.url("/paid")).await.unwrap();
+    assert!(matches!(
+        client.close(&provider.url("/paid")).await,
+        Err(ClientError::NoChannel { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_posts_vouchers_and_tops_up_mid_stream() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(
+        &chain,
+        chain.account(9).address(),
+        PRICE,
+        &["--stream-wait-ms", "20000"],
+    );
+    let payer = chain.account(4);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 4 * PRICE;
+    config.top_up = Some(TopUpPolicy {
+        below: PRICE,
+        amount: 10 * PRICE,
+    });
+    let client = PayerClient::new(config).unwrap();
+
+    const TOKENS: u64 = 30;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let summary = client
+        .stream(
+            &provider.url(&format!("/stream?tokens={TOKENS}")),
+            move |data| {
+                sink.lock().unwrap().push(data.to_owned());
+            },
+        )
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<String> = (0..TOKENS).map(|i| format!("token {i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(summary.data_events, TOKENS);
+    // The stream's own voucher covers the first token; each later one needs a voucher.
+    assert_eq!(summary.vouchers_posted, TOKENS - 1);
+    // Deposit 4, top up by 10 whenever less than 1 would be left: at 4, 14 and 24.
+    assert_eq!(summary.top_ups, 3, "{summary:?}");
+    assert_eq!(u64::from(summary.top_ups), client.stats().top_ups);
+    assert_eq!(summary.cumulative, u128::from(TOKENS) * PRICE);
+
+    let channel = only_channel(&client);
+    let deposit = 4 * PRICE + u128::from(summary.top_ups) * 10 * PRICE;
+    assert_eq!(channel.deposit, deposit);
+    assert_eq!(
+        channel.owed,
+        u128::from(TOKENS) * PRICE,
+        "the final receipt"
+    );
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), u128::from(TOKENS) * PRICE);
+    assert_eq!(
+        amount(&view, "acceptedCumulative"),
+        u128::from(TOKENS) * PRICE
+    );
+    assert_eq!(amount(&view, "deposit"), deposit);
+    assert_eq!(view["units"], TOKENS);
+    let escrow = on_chain(&chain, *channel.id.as_b256()).await;
+    assert_eq!(escrow.deposit, deposit);
+    // The payer funded exactly the deposit; the rest is still in its wallet.
+    assert_eq!(chain.balance(payer.address()).await, 100 * PRICE - deposit);
+    // Money invariant on the server: spent ≤ accepted ≤ deposit.
+    assert!(amount(&view, "spent") <= amount(&view, "acceptedCumulative"));
+    assert!(amount(&view, "acceptedCumulative") <= amount(&view, "deposit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_refuse_before_anything_is_signed_or_sent() {
+    let chain = TestChain::start().await;
+    let first = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let second = ExampleProvider::start(&chain, chain.account(8).address(), PRICE, &[]);
+
+    // Per channel: three units, then the fourth is refused.
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut per_channel = config(&chain, &payer);
+    per_channel.cap_per_channel = Some(3 * PRICE);
+    per_channel.sign_ahead = 10 * PRICE; // headroom is clamped to the cap, never refused
+    let client = PayerClient::new(per_channel).unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.get(&first.url("/paid")).await.unwrap().status, 200);
+    }
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 3 * PRICE);
+    let signed_before = client.stats().vouchers_signed;
+    let view_before = first.channel(channel.id).await.unwrap();
+    match client.get(&first.url("/paid")).await {
+        Err(ClientError::CapExceeded {
+            scope,
+            cap,
+            would_be,
+        }) => {
+            assert_eq!(scope, CapScope::Channel);
+            assert_eq!(cap, 3 * PRICE);
+            assert_eq!(would_be, 4 * PRICE);
+        }
+        other => panic!("expected CapExceeded, got {other:?}"),
+    }
+    assert_eq!(
+        client.stats().vouchers_signed,
+        signed_before,
+        "nothing signed"
+    );
+    let view_after = first.channel(channel.id).await.unwrap();
+    assert_eq!(view_after, view_before, "the server saw nothing new");
+    assert_eq!(only_channel(&client).signed, 3 * PRICE);
+
+    // Per client: five units over two providers (two channels), then both refuse.
+    let payer = chain.account(6);
+    chain.mint(payer.address(), 200 * PRICE).await;
+    let mut per_client = config(&chain, &payer);
+    per_client.cap_total = Some(5 * PRICE);
+    let client = PayerClient::new(per_client).unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.get(&first.url("/paid")).await.unwrap().status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(client.get(&second.url("/paid")).await.unwrap().status, 200);
+    }
+    assert_eq!(client.stats().signed_total, 5 * PRICE);
+    assert_eq!(client.channels().len(), 2);
+    let mut before = Vec::new();
+    for c in client.channels() {
+        let provider = if c.payee == first.payee {
+            &first
+        } else {
+            &second
+        };
+        before.push((c.id, provider.payee, provider.channel(c.id).await.unwrap()));
+    }
+    for provider in [&first, &second] {
+        match client.get(&provider.url("/paid")).await {
+            Err(ClientError::CapExceeded {
+                scope: CapScope::Client,
+                cap,
+                would_be,
+            }) => assert_eq!((cap, would_be), (5 * PRICE, 6 * PRICE)),
+            other => panic!("expected the client cap, got {other:?}"),
+        }
+    }
+    assert_eq!(client.stats().vouchers_signed, 5);
+    for (id, payee, view) in before {
+        let provider = if payee == first.payee {
+            &first
+        } else {
+            &second
+        };
+        assert_eq!(
+            provider.channel(id).await.unwrap(),
+            view,
+            "the server saw nothing new"
+        );
+    }
+
+    // A cap below one unit: refused before the approve (the payer's nonce does not move) and
+    // before any open.
+    let payer = chain.account(7);
+    chain.mint(payer.address(), 10 * PRICE).await;
+    let nonce_before = chain.payer(7, 0).await.next_nonce();
+    let mut tiny = config(&chain, &payer);
+    tiny.cap_total = Some(PRICE - 1);
+    let client = PayerClient::new(tiny).unwrap();
+    assert!(matches!(
+        client.get(&first.url("/paid")).await,
+        Err(ClientError::CapExceeded {
+            scope: CapScope::Client,
+            ..
+        })
+    ));
+    assert_eq!(chain.payer(7, 0).await.next_nonce(), nonce_before);
+    assert!(client.channels().is_empty());
+    assert_eq!(client.stats().vouchers_signed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_signer_signs_the_vouchers_and_the_close() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(1);
+    let signer = PrivateKeySigner::random();
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.voucher_signer = Some(key(&signer));
+    let client = PayerClient::new(config).unwrap();
+    assert_eq!(client.voucher_signer(), signer.address());
+
+    for _ in 0..4 {
+        assert_eq!(
+            client.get(&provider.url("/paid")).await.unwrap().status,
+            200
+        );
+    }
+    let channel = only_channel(&client);
+    let escrow = on_chain(&chain, *channel.id.as_b256()).await;
+    assert_eq!(escrow.payer, payer.address());
+    assert_eq!(escrow.authorized_signer, signer.address());
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "acceptedCumulative"), 4 * PRICE);
+
+    let closed = client.close(&provider.url("/paid")).await.unwrap();
+    assert_eq!(closed.final_amount, 4 * PRICE);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(view["status"], "closing");
+    // The delegated signer's close voucher settles on chain: 4 units to the payee, the rest back
+    // to the payer (who funded the deposit, not the signer).
+    let settled =
+        payee_closes_from_feed(&chain, &provider, &chain.account(9), *channel.id.as_b256()).await;
+    assert_eq!(settled, 4 * PRICE);
+    assert_eq!(chain.balance(provider.payee).await, 4 * PRICE);
+    assert_eq!(chain.balance(payer.address()).await, 96 * PRICE);
+    assert_eq!(chain.balance(signer.address()).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfundable_deposit_is_refused_before_any_transaction() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 10 * PRICE).await; // the deposit is 50 units
+    let nonce_before = chain.payer(2, 0).await.next_nonce();
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    match client.get(&provider.url("/paid")).await {
+        Err(ClientError::InsufficientFunds {
+            token,
+            balance,
+            required,
+        }) => {
+            assert_eq!(token, chain.token);
+            assert_eq!((balance, required), (10 * PRICE, 50 * PRICE));
+        }
+        other => panic!("expected InsufficientFunds, got {other:?}"),
+    }
+    assert_eq!(
+        chain.payer(2, 0).await.next_nonce(),
+        nonce_before,
+        "no approve sent"
+    );
+    assert!(client.channels().is_empty());
+    assert_eq!(client.stats().opens, 0);
+    assert_eq!(client.stats().signed_total, 0);
+
+    // Funded, the same client opens and pays.
+    chain.mint(payer.address(), 40 * PRICE).await;
+    assert_eq!(
+        client.get(&provider.url("/paid")).await.unwrap().status,
+        200
+    );
+    assert_eq!(client.stats().opens, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_problem_surfaces_typed_and_a_lost_channel_is_replaced() {
+    let chain = TestChain::start().await;
+    let payee = chain.account(9).address();
+    let provider = ExampleProvider::start(&chain, payee, PRICE, &[]);
+    let payer = chain.account(3);
+    chain.mint(payer.address(), 200 * PRICE).await;
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            client.get(&provider.url("/paid")).await.unwrap().status,
+            200
+        );
+    }
+    let lost = only_channel(&client);
+
+    // The provider restarts on the same address with an empty store: it does not know the
+    // channel any more and answers the next voucher with a 410 problem.
+    let listen = provider.base.trim_start_matches("http://").to_owned();
+    drop(provider);
+    let provider = ExampleProvider::start_on(&chain, payee, PRICE, &listen, &[]);
+    match client.get(&provider.url("/paid")).await {
+        Err(error @ ClientError::Problem { .. }) => {
+            assert_eq!(
+                error.problem_kind(),
+                Some(ProblemKind::ChannelNotFound),
+                "{error}"
+            );
+            assert!(matches!(error, ClientError::Problem { status: 410, .. }));
+        }
+        other => panic!("expected a server problem, got {other:?}"),
+    }
+    // The client stops using that channel; the next request opens a new one.
+    let response = client.get(&provider.url("/paid")).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(client.stats().opens, 2);
+    assert_ne!(response.channel, Some(lost.id));
+    let view = provider.channel(response.channel.unwrap()).await.unwrap();
+    assert_eq!(amount(&view, "spent"), PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stops_at_the_deposit_or_the_cap_with_a_typed_error() {
+    let chain = TestChain::start().await;
+    let provider = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let url = provider.url("/stream?tokens=10");
+
+    // No top-up policy: the voucher for the fourth token does not fit a 3-unit deposit.
+    let payer = chain.account(1);
+    chain.mint(payer.address(), 10 * PRICE).await;
+    let mut small = config(&chain, &payer);
+    small.deposit = 3 * PRICE;
+    let client = PayerClient::new(small).unwrap();
+    let mut received = 0u32;
+    match client.stream(&url, |_| received += 1).await {
+        Err(ClientError::DepositExhausted {
+            deposit, required, ..
+        }) => assert_eq!((deposit, required), (3 * PRICE, 4 * PRICE)),
+        other => panic!("expected DepositExhausted, got {other:?}"),
+    }
+    assert_eq!(received, 3);
+    let channel = only_channel(&client);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 3 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 3 * PRICE);
+
+    // A per-channel cap of 5 units: five tokens, then the sixth is refused before signing.
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 100 * PRICE).await;
+    let mut capped = config(&chain, &payer);
+    capped.cap_per_channel = Some(5 * PRICE);
+    let client = PayerClient::new(capped).unwrap();
+    let mut received = 0u32;
+    match client.stream(&url, |_| received += 1).await {
+        Err(ClientError::CapExceeded {
+            scope: CapScope::Channel,
+            cap,
+            would_be,
+        }) => assert_eq!((cap, would_be), (5 * PRICE, 6 * PRICE)),
+        other => panic!("expected CapExceeded, got {other:?}"),
+    }
+    assert_eq!(received, 5);
+    assert_eq!(client.stats().vouchers_signed, 5);
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 5 * PRICE);
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 5 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 5 * PRICE);
+}
