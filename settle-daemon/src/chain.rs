@@ -607,3 +607,144 @@ pub fn lock(state: &std::sync::Mutex<DaemonState>) -> std::sync::MutexGuard<'_, 
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::Log as PrimitiveLog;
+
+    fn log_of<E: SolEvent>(event: &E) -> PrimitiveLog {
+        PrimitiveLog {
+            address: Address::repeat_byte(0xee),
+            data: event.encode_log_data(),
+        }
+    }
+
+    #[test]
+    fn events_decode_and_fold_in_order() {
+        let channel = B256::repeat_byte(7);
+        let payer = Address::repeat_byte(1);
+        let payee = Address::repeat_byte(2);
+        let events = [
+            log_of(&SluiceEscrow::ChannelOpened {
+                channelId: channel,
+                payer,
+                payee,
+                token: Address::repeat_byte(3),
+                authorizedSigner: Address::ZERO,
+                salt: B256::repeat_byte(9),
+                deposit: U256::from(1_000),
+            }),
+            log_of(&SluiceEscrow::Settled {
+                channelId: channel,
+                payer,
+                payee,
+                cumulativeAmount: U256::from(300),
+                deltaPaid: U256::from(300),
+                newSettled: U256::from(300),
+            }),
+            log_of(&SluiceEscrow::CloseRequested {
+                channelId: channel,
+                payer,
+                payee,
+                closeGraceEnd: U256::from(1_120),
+            }),
+            log_of(&SluiceEscrow::TopUp {
+                channelId: channel,
+                payer,
+                payee,
+                additionalDeposit: U256::from(500),
+                newDeposit: U256::from(1_500),
+            }),
+        ];
+        let mut facts = ChainFacts::default();
+        for log in &events {
+            let event = decode_event(log).expect("a channel event");
+            assert_eq!(event.channel(), channel);
+            fold_event(&mut facts, &event, 120);
+        }
+        assert_eq!(facts.payer, payer);
+        assert_eq!(facts.salt, Some(B256::repeat_byte(9)));
+        assert_eq!((facts.deposit, facts.settled), (1_500, 300));
+        assert_eq!(facts.close_requested_at, 1_000);
+        fold_event(
+            &mut facts,
+            &decode_event(&log_of(&SluiceEscrow::CloseRequestCancelled {
+                channelId: channel,
+                payer,
+                payee,
+            }))
+            .unwrap(),
+            120,
+        );
+        assert_eq!(facts.close_requested_at, 0);
+        // An older Settled replayed (a rescan) never lowers the amount.
+        fold_event(
+            &mut facts,
+            &EscrowEvent::Settled {
+                channel,
+                new_settled: 100,
+            },
+            120,
+        );
+        assert_eq!(facts.settled, 300);
+        fold_event(
+            &mut facts,
+            &EscrowEvent::Closed {
+                channel,
+                settled: 800,
+            },
+            120,
+        );
+        assert!(facts.finalized);
+        assert_eq!(facts.settled, 800);
+        // A close request after finalization cannot revive anything.
+        fold_event(
+            &mut facts,
+            &EscrowEvent::CloseRequested {
+                channel,
+                grace_end: 5_000,
+            },
+            120,
+        );
+        assert_eq!(facts.close_requested_at, 0);
+        // Other logs are ignored.
+        let other = log_of(&SluiceEscrow::SettleSkipped {
+            channelId: channel,
+            cumulativeAmount: 1,
+            reason: 3,
+        });
+        assert_eq!(decode_event(&other), None);
+    }
+
+    #[test]
+    fn batch_reads_only_grow_amounts_and_finalization_sticks() {
+        let mut facts = ChainFacts {
+            deposit: 1_000,
+            settled: 400,
+            ..ChainFacts::default()
+        };
+        let read = OnChainChannel {
+            payer: Address::repeat_byte(1),
+            deposit: 900,
+            settled: 300,
+            close_requested_at: 50,
+            ..OnChainChannel::default()
+        };
+        fold_read(&mut facts, &read);
+        assert_eq!((facts.deposit, facts.settled), (1_000, 400));
+        assert_eq!(facts.close_requested_at, 50);
+        assert_eq!(facts.payer, Address::repeat_byte(1));
+        fold_read(
+            &mut facts,
+            &OnChainChannel {
+                finalized: true,
+                ..OnChainChannel::default()
+            },
+        );
+        assert!(facts.finalized);
+        assert_eq!(facts.settled, 400, "the tombstone keeps the amounts");
+        fold_read(&mut facts, &read);
+        assert!(facts.finalized);
+    }
+}

@@ -131,7 +131,7 @@ pub fn parse_receipt(receipt: &TransactionReceipt, escrow: Address) -> MinedTx {
         {
             mined
                 .skipped
-                .push((e.channelId, e.cumulativeAmount, u8::from(e.reason)));
+                .push((e.channelId, e.cumulativeAmount, e.reason));
         } else if *topic == SluiceEscrow::ChannelClosed::SIGNATURE_HASH
             && let Ok(e) = SluiceEscrow::ChannelClosed::decode_log_data(data)
         {
@@ -183,6 +183,10 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Consecutive polls that must see the nonce taken (and no receipt of ours) before
+/// [`TxEnd::NonceTaken`] is believed.
+const NONCE_TAKEN_POLLS: u32 = 3;
 
 /// What a wait step found.
 enum Poll {
@@ -259,8 +263,8 @@ impl Sender {
 
     /// Signs `input` (a call of the escrow) with the next nonce, records it, broadcasts it and
     /// returns the record (to [`Sender::drive`]), or how it ended at once: the estimate says
-    /// the call reverts now (nothing recorded), or the node refused the broadcast (the record
-    /// is removed again: [`TxEnd::NonceTaken`] when the account's nonce moved past it).
+    /// the call reverts now (nothing recorded), or the node refused the broadcast while the
+    /// nonce is still free (the record is removed again).
     pub async fn submit(
         &mut self,
         state: &std::sync::Mutex<DaemonState>,
@@ -305,16 +309,17 @@ impl Sender {
         match self.rpc.send_raw(attempt.hash, &attempt.raw).await {
             Ok(()) => Ok(Ok(record)),
             Err(e) if e.kind == ChainErrorKind::Rejected => {
-                // The node refused it and does not know it: it was never in the pool, so the
-                // record goes (nothing of it can be mined).
-                self.next_nonce = None;
                 let mined = self.rpc.nonce(self.address(), false).await?;
-                lock(state).finish_tx(&record, &[])?;
                 if mined > nonce {
-                    Ok(Err(TxEnd::NonceTaken))
-                } else {
-                    Ok(Err(TxEnd::Rejected(e.message)))
+                    // The nonce is used: by this transaction (an earlier try went through and
+                    // its answer was lost) or by another one. The wait tells which.
+                    return Ok(Ok(record));
                 }
+                // The node refused it, does not know it, and the nonce is free: it never
+                // entered the pool, so the record goes (nothing of it can be mined).
+                self.next_nonce = None;
+                lock(state).finish_tx(&record, &[])?;
+                Ok(Err(TxEnd::Rejected(e.message)))
             }
             // Not known to have reached the node: the wait below broadcasts it again.
             Err(e) => {
@@ -349,15 +354,22 @@ impl Sender {
         shutdown: &mut watch::Receiver<bool>,
         mut on_event: impl FnMut(&'static str),
     ) -> Result<TxEnd, TxError> {
+        // A node may count a transaction in the account's nonce a moment before it serves
+        // the receipt (anvil does): a nonce taken by another transaction must be seen on
+        // several consecutive polls before it is believed.
+        let mut taken_seen = 0u32;
         loop {
             match self.step(state, &mut record, &mut on_event).await {
+                Ok(Some(TxEnd::NonceTaken)) if taken_seen < NONCE_TAKEN_POLLS => {
+                    taken_seen += 1;
+                }
                 Ok(Some(end)) => {
                     if !matches!(end, TxEnd::Mined(_)) {
                         self.next_nonce = None;
                     }
                     return Ok(end);
                 }
-                Ok(None) => {}
+                Ok(None) => taken_seen = 0,
                 Err(TxError::Chain(e)) => {
                     on_event("rpc");
                     tracing::warn!(nonce = record.nonce, error = %e, "waiting for the transaction");
@@ -446,4 +458,64 @@ fn decode_input(raw: &Bytes) -> Option<Bytes> {
     use alloy::eips::eip2718::Decodable2718;
     let envelope = TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
     Some(envelope.input().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_bump_both_fees_by_at_least_an_eighth() {
+        let previous = TxAttempt {
+            hash: B256::ZERO,
+            max_fee_per_gas: 1_000,
+            max_priority_fee_per_gas: 100,
+            raw: Bytes::new(),
+            sent_at: 0,
+        };
+        let calm = Fees {
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 1,
+            gas_price: 5,
+        };
+        let (max_fee, tip) = bumped(&previous, calm);
+        assert!(max_fee * 8 >= 1_000 * 9 && tip * 8 >= 100 * 9);
+        // A busier market wins.
+        let busy = Fees {
+            max_fee_per_gas: 5_000,
+            max_priority_fee_per_gas: 400,
+            gas_price: 3_000,
+        };
+        assert_eq!(bumped(&previous, busy), (5_000, 400));
+        // Tiny fees still move.
+        let tiny = TxAttempt {
+            max_fee_per_gas: 1,
+            max_priority_fee_per_gas: 0,
+            ..previous
+        };
+        let (max_fee, tip) = bumped(&tiny, calm);
+        assert!(max_fee > 1 && tip > 0 && max_fee >= tip);
+    }
+
+    #[test]
+    fn recorded_bytes_give_back_their_calldata() {
+        let key = SigningKey::parse(&"11".repeat(32)).unwrap();
+        let signer = PrivateKeySigner::from_slice(&key.to_bytes()).unwrap();
+        let input = Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]);
+        let tx = TxEip1559 {
+            chain_id: 1,
+            nonce: 3,
+            gas_limit: 50_000,
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 1,
+            to: CallKind::Call(Address::repeat_byte(5)),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: input.clone(),
+        };
+        let sig = signer.sign_hash_sync(&tx.signature_hash()).unwrap();
+        let raw: Bytes = TxEnvelope::from(tx.into_signed(sig)).encoded_2718().into();
+        assert_eq!(decode_input(&raw), Some(input));
+        assert_eq!(decode_input(&Bytes::from_static(&[0x02, 0x01])), None);
+    }
 }

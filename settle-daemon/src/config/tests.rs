@@ -146,6 +146,19 @@ fn invalid_values_are_refused_naming_the_field() {
             "chain.escrow",
         ),
         ("tick_secs = 15", "tick_secs = 0", "service.tick_secs"),
+        ("# tick_ms = 250", "tick_ms = 5", "service.tick_ms"),
+        ("log_range = 2000", "log_range = 0", "chain.log_range"),
+        ("poll_ms = 1000", "poll_ms = 1", "chain.poll_ms"),
+        (
+            "replace_after_secs = 60",
+            "replace_after_secs = 0",
+            "chain.replace_after_secs",
+        ),
+        (
+            "request_timeout_ms = 10000",
+            "request_timeout_ms = 10",
+            "chain.request_timeout_ms",
+        ),
     ];
     for (from, to, field) in cases {
         assert!(EXAMPLE.contains(from), "{from}");
@@ -155,6 +168,29 @@ fn invalid_values_are_refused_naming_the_field() {
             "{to}: {err}"
         );
     }
+}
+
+#[test]
+fn the_tick_and_token_per_gas_keys() {
+    let config = Config::parse(EXAMPLE, no_env()).unwrap();
+    assert_eq!(config.service.tick(), std::time::Duration::from_secs(15));
+    assert_eq!(config.policy.token_per_gas, Amount(0));
+    let fast = Config::parse(
+        &EXAMPLE.replace("# tick_ms = 250", "tick_ms = 250"),
+        env(&[("SLUICE_DAEMON_POLICY_TOKEN_PER_GAS", "7")]),
+    )
+    .unwrap();
+    assert_eq!(fast.service.tick(), std::time::Duration::from_millis(250));
+    assert_eq!(fast.policy.token_per_gas, Amount(7));
+    // Without the key the default is zero.
+    let without = EXAMPLE.replace("token_per_gas = \"0\"", "");
+    assert_eq!(
+        Config::parse(&without, no_env())
+            .unwrap()
+            .policy
+            .token_per_gas,
+        Amount(0)
+    );
 }
 
 #[test]

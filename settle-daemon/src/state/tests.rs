@@ -221,3 +221,166 @@ fn codecs_round_trip() {
     let v = voucher(u128::MAX, 0xab);
     assert_eq!(decode_voucher(&encode_voucher(&v)), Some(v));
 }
+
+fn entry(
+    n: u8,
+    cursor: u64,
+    amount: u128,
+    status: sluice_engine::store::ChannelStatus,
+) -> sluice_engine::http::feed::FeedEntryDto {
+    let page: sluice_engine::http::feed::FeedPageDto = serde_json::from_value(serde_json::json!({
+        "entries": [{
+            "cursor": cursor.to_string(),
+            "channelId": id(n).to_string(),
+            "cumulativeAmount": amount.to_string(),
+            "signature": format!("0x{}", "11".repeat(65)),
+            "status": match status {
+                sluice_engine::store::ChannelStatus::Opening => "opening",
+                sluice_engine::store::ChannelStatus::Open => "open",
+                sluice_engine::store::ChannelStatus::Closing => "closing",
+                sluice_engine::store::ChannelStatus::Closed => "closed",
+            },
+            "payer": Address::repeat_byte(1).to_string(),
+            "payee": Address::repeat_byte(2).to_string(),
+            "token": Address::repeat_byte(3).to_string(),
+            "authorizedSigner": Address::ZERO.to_string(),
+            "deposit": "1000",
+            "settled": "10",
+            "closeRequestedAt": 0
+        }],
+        "next": cursor.to_string()
+    }))
+    .unwrap();
+    page.entries[0].clone()
+}
+
+#[test]
+fn feed_entries_store_vouchers_engine_facts_and_the_cursor_together() {
+    use sluice_engine::store::ChannelStatus;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut state = DaemonState::open(dir.path()).unwrap();
+        state
+            .apply_feed_entries(&[entry(1, 5, 100, ChannelStatus::Open)], 5, 1_000)
+            .unwrap();
+        let facts = state.engine_facts(&id(1)).unwrap().unwrap();
+        assert_eq!(facts.status, EngineStatus::Open);
+        assert_eq!(facts.first_unsettled_at, 1_000);
+        assert_eq!(facts.deposit, 1_000);
+        // A later, lower entry (at-least-once delivery) keeps the voucher; the age stays.
+        state
+            .apply_feed_entries(&[entry(1, 7, 50, ChannelStatus::Closing)], 7, 2_000)
+            .unwrap();
+        assert_eq!(state.voucher(&id(1)).unwrap().unwrap().amount, 100);
+        let facts = state.engine_facts(&id(1)).unwrap().unwrap();
+        assert_eq!(facts.status, EngineStatus::Closing);
+        assert_eq!(facts.first_unsettled_at, 1_000);
+        // Going back is refused and changes nothing.
+        let before = state.engine_channels().unwrap();
+        assert!(matches!(
+            state.apply_feed_entries(&[entry(2, 3, 9, ChannelStatus::Open)], 3, 3_000),
+            Err(StateError::CursorRegression {
+                stored: 7,
+                proposed: 3
+            })
+        ));
+        assert_eq!(state.engine_channels().unwrap(), before);
+        state.clear_unsettled_age(&id(1)).unwrap();
+    }
+    let state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.feed_cursor().unwrap(), 7);
+    assert_eq!(
+        state
+            .engine_facts(&id(1))
+            .unwrap()
+            .unwrap()
+            .first_unsettled_at,
+        0
+    );
+    assert_eq!(state.engine_channels().unwrap().len(), 1);
+}
+
+#[test]
+fn chain_facts_and_the_last_block_move_together_and_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    let facts = ChainFacts {
+        payer: Address::repeat_byte(1),
+        salt: Some(B256::repeat_byte(9)),
+        deposit: 500,
+        settled: 200,
+        close_requested_at: 77,
+        ..ChainFacts::default()
+    };
+    state
+        .apply_chain_facts(&[(id(1), facts)], Some(10))
+        .unwrap();
+    assert_eq!(state.chain_facts(&id(1)).unwrap(), Some(facts));
+    assert_eq!(state.last_block().unwrap(), 10);
+    let later = ChainFacts {
+        finalized: true,
+        salt: None,
+        ..facts
+    };
+    assert!(matches!(
+        state.apply_chain_facts(&[(id(1), later)], Some(9)),
+        Err(StateError::BlockRegression {
+            stored: 10,
+            proposed: 9
+        })
+    ));
+    assert_eq!(
+        state.chain_facts(&id(1)).unwrap(),
+        Some(facts),
+        "nothing written"
+    );
+    state.apply_chain_facts(&[(id(1), later)], None).unwrap();
+    assert_eq!(state.chain_facts(&id(1)).unwrap(), Some(later));
+    assert_eq!(state.last_block().unwrap(), 10);
+}
+
+#[test]
+fn transaction_records_survive_a_restart_and_finish_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let tx = TxRecord {
+        nonce: 4,
+        kind: TxKind::SettleBatch,
+        channels: vec![(id(1), 100), (id(2), 200)],
+        gas_limit: 90_000,
+        attempts: vec![TxAttempt {
+            hash: B256::repeat_byte(0xaa),
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 1,
+            raw: Bytes::from_static(&[1, 2, 3]),
+            sent_at: 5,
+        }],
+    };
+    {
+        let mut state = DaemonState::open(dir.path()).unwrap();
+        state.record_tx(&tx).unwrap();
+        assert_eq!(state.submission(&id(2)).unwrap().unwrap().amount, 200);
+    }
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.txs().unwrap(), vec![tx.clone()]);
+    assert_eq!(state.submission(&id(1)).unwrap().unwrap().nonce, 4);
+    let settled = ChainFacts {
+        settled: 100,
+        ..ChainFacts::default()
+    };
+    state.finish_tx(&tx, &[(id(1), settled)]).unwrap();
+    assert!(state.txs().unwrap().is_empty());
+    assert_eq!(state.submission(&id(1)).unwrap(), None);
+    assert_eq!(state.submission(&id(2)).unwrap(), None);
+    assert_eq!(state.chain_facts(&id(1)).unwrap(), Some(settled));
+    // A record without attempts is refused.
+    let empty = TxRecord {
+        attempts: Vec::new(),
+        ..tx
+    };
+    assert!(matches!(
+        state.record_tx(&empty),
+        Err(StateError::Encode { nonce: 4, .. })
+    ));
+    state.record_refused(&id(3), 55).unwrap();
+    assert_eq!(state.refused(&id(3)).unwrap(), Some(55));
+}

@@ -1,0 +1,247 @@
+//! Faults, with the daemon binary, anvil and the example provider as real processes; the
+//! daemon's RPC goes through a proxy that drops, delays or fails 30% of the calls the whole
+//! time. Phases: settle under the flaky RPC; SIGKILL while a batch is in the pool, then mine
+//! and restart; SIGKILL, drop the transaction from the pool, restart (the recorded bytes are
+//! broadcast again); a transaction dropped while the daemon runs; a competing transaction
+//! from the payee's own key taking the daemon's nonce; a stuck transaction replaced with
+//! higher fees. After every phase the on-chain settled amount of every channel equals the
+//! engine's latest voucher and the payee holds exactly their sum: never paid twice, never a
+//! voucher lost.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use support::flaky_proxy::{Fault, FlakyProxy};
+use support::world::{DaemonSettings, PRICE, Payer, Rng, World, eventually, metric};
+
+const DEPOSIT: u128 = 10_000_000;
+const CHANNELS_PER_PAYER: usize = 5;
+
+struct Book {
+    payers: Vec<Payer>,
+    /// channel → (payer index, latest voucher)
+    channels: BTreeMap<B256, (usize, u128)>,
+}
+
+impl Book {
+    async fn open(world: &World, payers: usize) -> Self {
+        let mut book = Self {
+            payers: Vec::new(),
+            channels: BTreeMap::new(),
+        };
+        for p in 0..payers {
+            let mut payer = world
+                .payer(1 + p, DEPOSIT * CHANNELS_PER_PAYER as u128)
+                .await;
+            for i in 0..CHANNELS_PER_PAYER {
+                let salt = B256::from(alloy::primitives::U256::from(1_000 + p * 100 + i));
+                let channel = payer.open(world, DEPOSIT, salt, PRICE).await;
+                book.channels.insert(channel, (p, PRICE));
+            }
+            book.payers.push(payer);
+        }
+        book
+    }
+
+    /// Raises the voucher of `count` channels chosen by `rng`.
+    async fn pay(&mut self, world: &World, rng: &mut Rng, count: usize) {
+        let ids: Vec<B256> = self.channels.keys().copied().collect();
+        for _ in 0..count {
+            let id = ids[rng.below(ids.len() as u64) as usize];
+            let (p, amount) = self.channels[&id];
+            let next = amount + 1 + u128::from(rng.below(50_000));
+            self.payers[p].voucher(world, id, next).await;
+            self.channels.insert(id, (p, next));
+        }
+    }
+
+    async fn all_settled(&self, world: &World) -> bool {
+        for (id, (_, amount)) in &self.channels {
+            if world.channel(*id).await.settled != *amount {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn assert_exact(&self, world: &World, phase: &str) {
+        for (id, (_, amount)) in &self.channels {
+            assert_eq!(world.channel(*id).await.settled, *amount, "{phase}: {id}");
+        }
+        let total: u128 = self.channels.values().map(|(_, a)| a).sum();
+        assert_eq!(
+            world.balance(world.payee.address()).await,
+            total,
+            "{phase}: the payee holds exactly the vouchers"
+        );
+    }
+}
+
+/// Waits until the payee has a transaction in the pool; returns it.
+async fn pending_tx(world: &World, payee: Address) -> (u64, B256, u128) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = world.pool_of(payee).await.into_iter().next() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for a daemon transaction in the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Mines blocks until every channel is settled exactly.
+async fn mine_until_settled(world: &World, book: &Book, what: &str) {
+    eventually(what, Duration::from_secs(60), || async {
+        world.mine().await;
+        book.all_settled(world).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_nonces() {
+    let world = World::start().await;
+    let proxy = FlakyProxy::start(world.rpc_addr(), |n| match n % 10 {
+        2 => Fault::Drop,
+        5 => Fault::Delay(300),
+        8 if (n / 10) % 2 == 0 => Fault::ServerError,
+        8 => Fault::Truncate,
+        _ => Fault::Pass,
+    })
+    .await;
+    let payee = world.payee.address();
+    let mut rng = Rng::new(42);
+    let mut book = Book::open(&world, 6).await;
+    book.pay(&world, &mut rng, 20).await;
+    let settings = DaemonSettings {
+        batch_size: 10,
+        ..DaemonSettings::default()
+    };
+    let config = world.daemon_config(&proxy.url(), &settings);
+
+    // 1. Flaky RPC: everything settles, exactly.
+    let mut daemon = world.start_daemon(&config);
+    eventually(
+        "settled through the flaky RPC",
+        Duration::from_secs(60),
+        || async { book.all_settled(&world).await },
+    )
+    .await;
+    book.assert_exact(&world, "flaky").await;
+    assert!(proxy.count(Fault::Drop) > 0 && proxy.count(Fault::ServerError) > 0);
+    assert!(proxy.count(Fault::Delay(300)) > 0 && proxy.count(Fault::Truncate) > 0);
+
+    // 2. SIGKILL while a batch waits in the pool; it is mined while the daemon is down; the
+    //    restarted daemon finds its receipt and pays nothing twice.
+    world.automine(false).await;
+    book.pay(&world, &mut rng, 8).await;
+    let (_, first, _) = pending_tx(&world, payee).await;
+    daemon.kill();
+    world.mine().await;
+    let mut daemon = world.start_daemon(&config);
+    mine_until_settled(&world, &book, "settled after kill + restart").await;
+    book.assert_exact(&world, "kill").await;
+    assert!(
+        world.gas_used(first).await > 0,
+        "the batch in the pool at the kill was the one mined"
+    );
+
+    // 3. SIGKILL, then the transaction is dropped from the pool: the restarted daemon
+    //    broadcasts the recorded bytes again (same hash).
+    book.pay(&world, &mut rng, 5).await;
+    let (_, dropped, _) = pending_tx(&world, payee).await;
+    daemon.kill();
+    world
+        .rpc("anvil_dropTransaction", serde_json::json!([dropped]))
+        .await;
+    assert!(world.pool_of(payee).await.is_empty());
+    let mut daemon = world.start_daemon(&config);
+    let (_, again, _) = pending_tx(&world, payee).await;
+    assert_eq!(again, dropped, "the same signed bytes, broadcast again");
+    mine_until_settled(&world, &book, "settled after drop + restart").await;
+    book.assert_exact(&world, "drop+restart").await;
+
+    // 4. Dropped while the daemon runs: it notices and broadcasts it again.
+    book.pay(&world, &mut rng, 5).await;
+    let (_, dropped, _) = pending_tx(&world, payee).await;
+    world
+        .rpc("anvil_dropTransaction", serde_json::json!([dropped]))
+        .await;
+    let (_, again, _) = pending_tx(&world, payee).await;
+    assert_eq!(again, dropped);
+    mine_until_settled(&world, &book, "settled after a drop").await;
+    book.assert_exact(&world, "drop").await;
+
+    // 5. A competing nonce user: another process sends from the payee key with the daemon's
+    //    pending nonce and higher fees; the daemon's transaction is replaced in the pool and
+    //    never mined. The daemon notices, re-reads the chain and settles with the next nonce.
+    book.pay(&world, &mut rng, 5).await;
+    let (nonce, ours, _) = pending_tx(&world, payee).await;
+    let competing = world.payee_self_transfer(nonce);
+    world
+        .rpc("eth_sendRawTransaction", serde_json::json!([competing]))
+        .await;
+    world.mine().await;
+    assert!(
+        !world.chain_receipt_exists(ours).await,
+        "the daemon's transaction lost its nonce"
+    );
+    mine_until_settled(&world, &book, "settled after a competing nonce").await;
+    book.assert_exact(&world, "competing nonce").await;
+    let text = daemon.metrics().await;
+    assert!(
+        metric(
+            &text,
+            "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}"
+        ) >= Some(1),
+        "{text}"
+    );
+    assert!(daemon.terminate().success());
+
+    // 6. A stuck transaction is replaced (same nonce, fees bumped ≥ 12.5%).
+    let quick = world.daemon_config(
+        &proxy.url(),
+        &DaemonSettings {
+            replace_after_secs: 1,
+            ..settings
+        },
+    );
+    let mut daemon = world.start_daemon(&quick);
+    book.pay(&world, &mut rng, 5).await;
+    let (nonce, stuck, fee) = pending_tx(&world, payee).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let new_fee = loop {
+        let replaced = world
+            .pool_of(payee)
+            .await
+            .into_iter()
+            .find(|(n, hash, _)| *n == nonce && *hash != stuck);
+        if let Some((_, _, fee)) = replaced {
+            break fee;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for a replacement"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(new_fee * 8 >= fee * 9, "fee {fee} bumped to {new_fee}");
+    mine_until_settled(&world, &book, "settled after a replacement").await;
+    book.assert_exact(&world, "replacement").await;
+    let text = daemon.metrics().await;
+    assert!(
+        metric(
+            &text,
+            "sluice_daemon_transactions_total{outcome=\"replaced\"}"
+        ) >= Some(1),
+        "{text}"
+    );
+    assert!(daemon.terminate().success());
+    world.automine(true).await;
+}

@@ -1,0 +1,205 @@
+//! The daemon binary as a real process against anvil and the engine's example provider (also
+//! a real process): many channels settled in ⌈channels/N⌉ batches with exact amounts, the
+//! metrics and health endpoints, a graceful SIGTERM; cooperative close and the watchtower.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use support::world::{DaemonSettings, GRACE, PRICE, World, eventually, metric, open_channels};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_channels_settle_in_ceil_n_batches_with_exact_amounts() {
+    const CHANNELS: usize = 200;
+    const N: usize = 50;
+    let world = World::start().await;
+    let vouchers = open_channels(&world, CHANNELS, 7).await;
+    assert_eq!(vouchers.len(), CHANNELS);
+    // The engine holds each channel's latest voucher.
+    for (channel, amount) in vouchers.iter().take(5) {
+        let record = world.engine_channel(*channel).await;
+        assert_eq!(record["acceptedCumulative"], amount.to_string());
+    }
+
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            batch_size: N,
+            ..DaemonSettings::default()
+        },
+    );
+    let mut daemon = world.start_daemon(&config);
+    eventually("every channel settled", Duration::from_secs(90), || async {
+        let settled = world.settled_events().await;
+        let channels: BTreeSet<B256> = settled.iter().map(|(_, c, _)| *c).collect();
+        channels.len() == CHANNELS
+    })
+    .await;
+
+    // Exact: the on-chain settled amount of every channel is the engine's latest voucher.
+    for (channel, amount) in &vouchers {
+        let on_chain = world.channel(*channel).await;
+        assert_eq!(on_chain.settled, *amount, "channel {channel}");
+        assert!(!on_chain.finalized);
+        let engine = world.engine_channel(*channel).await;
+        assert_eq!(engine["acceptedCumulative"], amount.to_string());
+    }
+    let total: u128 = vouchers.values().sum();
+    assert_eq!(world.balance(world.payee.address()).await, total);
+
+    // ⌈200/N⌉ settleBatch transactions, each one settling each channel once.
+    let events = world.settled_events().await;
+    assert_eq!(events.len(), CHANNELS, "each channel settled exactly once");
+    let txs: BTreeSet<B256> = events.iter().map(|(tx, _, _)| *tx).collect();
+    assert_eq!(txs.len(), CHANNELS.div_ceil(N));
+    let mut gas = 0u128;
+    for tx in &txs {
+        gas += u128::from(world.gas_used(*tx).await);
+    }
+
+    // The metrics show what happened (values, not just names).
+    eventually("metrics caught up", Duration::from_secs(10), || async {
+        let text = daemon.metrics().await;
+        metric(&text, "sluice_daemon_channels_pending") == Some(0)
+    })
+    .await;
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"settle_batch\"}"),
+        Some(txs.len() as u128),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sluice_daemon_transactions_total{outcome=\"mined\"}"),
+        Some(txs.len() as u128)
+    );
+    assert_eq!(metric(&text, "sluice_daemon_gas_used_total"), Some(gas));
+    assert_eq!(metric(&text, "sluice_daemon_unsettled_amount"), Some(0));
+    let head: u64 = world.chain_head().await;
+    assert!(metric(&text, "sluice_daemon_last_block").unwrap() <= u128::from(head));
+    assert!(metric(&text, "sluice_daemon_last_block").unwrap() > 0);
+    assert!(metric(&text, "sluice_daemon_chain_lag_blocks").is_some());
+    assert_eq!(
+        metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}"),
+        None
+    );
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 200, "{body}");
+
+    // SIGTERM: a clean exit; the key and the token never reach the logs.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let logs = world.daemon_logs();
+    assert!(logs.contains("transaction confirmed"));
+    let key_hex = alloy::primitives::hex::encode(world.payee.to_bytes());
+    assert!(!logs.contains(&key_hex));
+    assert!(!logs.contains(support::world::ADMIN_TOKEN));
+
+    // A restart finds nothing to do: no second payment.
+    let mut again = world.start_daemon(&config);
+    eventually(
+        "restarted daemon healthy",
+        Duration::from_secs(20),
+        || async { again.health().await.0 == 200 },
+    )
+    .await;
+    let text = again.metrics().await;
+    assert_eq!(metric(&text, "sluice_daemon_channels_pending"), Some(0));
+    assert_eq!(world.settled_events().await.len(), CHANNELS);
+    assert!(again.terminate().success());
+    let _ = GRACE;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine() {
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    // Thresholds that never trigger: only closes move money in this test.
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            min_unsettled_amount: 1_000_000_000_000,
+            ..DaemonSettings::default()
+        },
+    );
+    let mut daemon = world.start_daemon(&config);
+
+    let mut alice = world.payer(1, DEPOSIT).await;
+    let mut bob = world.payer(2, DEPOSIT).await;
+    let coop = alice
+        .open(&world, DEPOSIT, B256::repeat_byte(1), PRICE)
+        .await;
+    let watched = bob.open(&world, DEPOSIT, B256::repeat_byte(2), PRICE).await;
+    alice.voucher(&world, coop, 12_345).await;
+    bob.voucher(&world, watched, 23_456).await;
+    let alice_before = world.balance(alice.address()).await;
+    let bob_before = world.balance(bob.address()).await;
+
+    // Cooperative close: the payer's close voucher makes the engine mark the channel closing;
+    // the daemon closes it on chain: payee paid the voucher, payer refunded the rest.
+    alice.close(&world, coop, 13_000).await;
+    eventually(
+        "cooperative close on chain",
+        Duration::from_secs(30),
+        || async { world.channel(coop).await.finalized },
+    )
+    .await;
+    assert_eq!(world.balance(world.payee.address()).await, 13_000);
+    assert_eq!(
+        world.balance(alice.address()).await,
+        alice_before + DEPOSIT - 13_000
+    );
+    eventually(
+        "the engine learns the channel is closed",
+        Duration::from_secs(10),
+        || async { world.engine_channel(coop).await["status"] == "closed" },
+    )
+    .await;
+
+    // Watchtower: the payer asks the escrow to close (it could withdraw after the grace
+    // period, taking back what it owes); the daemon closes with the voucher first.
+    assert!(world.send_raw(bob.request_close(watched)).await);
+    eventually(
+        "watchtower close on chain",
+        Duration::from_secs(30),
+        || async { world.channel(watched).await.finalized },
+    )
+    .await;
+    assert_eq!(world.balance(world.payee.address()).await, 13_000 + 23_456);
+    assert_eq!(
+        world.balance(bob.address()).await,
+        bob_before + DEPOSIT - 23_456
+    );
+    // After the grace period the payer's withdraw finds nothing left.
+    world
+        .rpc("evm_increaseTime", serde_json::json!([GRACE + 1]))
+        .await;
+    world.mine().await;
+    assert!(
+        !world.send_raw(bob.withdraw(watched)).await,
+        "withdraw reverts"
+    );
+    assert_eq!(
+        world.balance(bob.address()).await,
+        bob_before + DEPOSIT - 23_456
+    );
+    assert_eq!(world.balance(world.escrow).await, 0);
+    eventually(
+        "the engine learns the watched channel closed",
+        Duration::from_secs(10),
+        || async { world.engine_channel(watched).await["status"] == "closed" },
+    )
+    .await;
+    // The engine refuses vouchers on both now (410).
+    assert_eq!(alice.try_voucher(&world, coop, 14_000).await, 410);
+    assert_eq!(bob.try_voucher(&world, watched, 24_000).await, 410);
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"close\"}"),
+        Some(2),
+        "{text}"
+    );
+    assert!(daemon.terminate().success());
+}
