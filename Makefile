@@ -66,8 +66,9 @@ TOKENS ?= 100
 DEMO_FLAGS ?=
 
 demo: tools
-	cargo build --release --locked -p sluice-demo -p sluice-settle-daemon --bins
-	cargo build --release --locked -p sluice-engine --example provider
+	@# One cargo invocation: the three share one feature resolution, so the engine builds once.
+	cargo build --release --locked -p sluice-demo -p sluice-settle-daemon -p sluice-engine \
+	  --bins --example provider
 	$(ROOT)/target/release/sluice-demo --agents $(AGENTS) --requests $(REQUESTS) \
 	  --streams $(STREAMS) --tokens $(TOKENS) $(DEMO_FLAGS)
 
