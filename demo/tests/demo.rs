@@ -14,26 +14,21 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Builds what the demo starts. Always through cargo (a no-op when fresh): a binary left by an
-/// older build would test yesterday's provider or daemon.
-fn build(cargo_args: &[&str]) {
+/// Builds what the demo starts, always through cargo: a binary left by an older build would
+/// test yesterday's provider or daemon. The whole workspace's binaries and examples, because
+/// that is the feature resolution `cargo test --workspace` already built them with: under
+/// `make test` this is a no-op, where building the two packages alone would compile the engine
+/// a second time.
+fn demo() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .arg("build")
-        .args(cargo_args)
+        .args(["build", "--workspace", "--bins", "--examples"])
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "cargo build {cargo_args:?}");
-}
-
-fn demo() -> Command {
-    build(&["-p", "sluice-engine", "--example", "provider"]);
-    build(&[
-        "-p",
-        "sluice-settle-daemon",
-        "--bin",
-        "sluice-settle-daemon",
-    ]);
+    assert!(
+        status.success(),
+        "cargo build --workspace --bins --examples"
+    );
     for binary in ["examples/provider", "sluice-settle-daemon"] {
         assert!(
             profile_dir().join(binary).is_file(),
