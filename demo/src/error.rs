@@ -91,6 +91,10 @@ pub(crate) enum DemoError {
         /// The client's error, rendered.
         detail: String,
     },
+    /// An agent's task panicked or was cancelled (a bug: agents report failures, they do not
+    /// panic).
+    #[error("an agent task ended abnormally: {0}")]
+    AgentTask(String),
     /// A flag value is out of range.
     #[error("--{flag}: {reason}")]
     Flag {

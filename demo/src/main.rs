@@ -278,7 +278,7 @@ async fn run(args: Args) -> Result<bool, DemoError> {
         Arc::clone(&progress),
         agents.clone(),
         workload.clone(),
-        chain_reader(&chain),
+        chain.reader(),
         http.clone(),
         daemon.metrics_url.clone(),
     ));
@@ -295,13 +295,7 @@ async fn run(args: Args) -> Result<bool, DemoError> {
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(report) => reports.push(report),
-            Err(e) => {
-                return Err(DemoError::Agent {
-                    agent: usize::MAX,
-                    what: "task",
-                    detail: e.to_string(),
-                });
-            }
+            Err(e) => return Err(DemoError::AgentTask(e.to_string())),
         }
     }
     reports.sort_by_key(|r| r.index);
@@ -478,11 +472,6 @@ async fn balances(
         escrow: chain.balance(chain.escrow).await?,
         payers,
     })
-}
-
-/// What the progress task reads from the chain (a cheap clone).
-fn chain_reader(chain: &LocalChain) -> chain::ChainReader {
-    chain.reader()
 }
 
 /// Prints one progress line a second while the agents run.
