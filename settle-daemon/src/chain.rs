@@ -84,7 +84,8 @@ pub struct Rpc {
 
 impl Rpc {
     /// A client of `url` for `escrow`; checks `eth_chainId` against `chain_id`
-    /// ([`ChainErrorKind::WrongChain`] otherwise).
+    /// ([`ChainErrorKind::WrongChain`] otherwise) and that the escrow has code
+    /// ([`ChainErrorKind::EscrowMissing`] otherwise).
     pub async fn connect(
         url: &str,
         chain_id: u64,
@@ -118,6 +119,18 @@ impl Rpc {
                 },
                 "eth_chainId",
                 format!("configured chain {chain_id}, the node serves {actual}"),
+            ));
+        }
+        let code = rpc
+            .retry("eth_getCode", || {
+                rpc.provider.get_code_at(escrow).into_future()
+            })
+            .await?;
+        if code.is_empty() {
+            return Err(ChainError::new(
+                ChainErrorKind::EscrowMissing { escrow },
+                "eth_getCode",
+                format!("no contract at escrow {escrow} on chain {chain_id}"),
             ));
         }
         Ok(rpc)

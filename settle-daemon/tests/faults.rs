@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
+use alloy::providers::Provider;
 use support::flaky_proxy::{Fault, FlakyProxy};
 use support::world::{DaemonSettings, PRICE, Payer, Rng, World, eventually, metric};
 
@@ -22,8 +23,10 @@ const CHANNELS_PER_PAYER: usize = 5;
 
 struct Book {
     payers: Vec<Payer>,
-    /// channel → (payer index, latest voucher)
+    /// channel → (payer index, latest voucher; for a finalized channel what the payee got)
     channels: BTreeMap<B256, (usize, u128)>,
+    /// Channels the payer finalized (the escrow reads them as zeros with `finalized`).
+    finalized: std::collections::BTreeSet<B256>,
 }
 
 impl Book {
@@ -31,6 +34,7 @@ impl Book {
         let mut book = Self {
             payers: Vec::new(),
             channels: BTreeMap::new(),
+            finalized: Default::default(),
         };
         for p in 0..payers {
             let mut payer = world
@@ -58,9 +62,23 @@ impl Book {
         }
     }
 
+    /// Raises the voucher of `id`.
+    async fn pay_one(&mut self, world: &World, rng: &mut Rng, id: B256) {
+        let (p, amount) = self.channels[&id];
+        let next = amount + 1 + u128::from(rng.below(50_000));
+        self.payers[p].voucher(world, id, next).await;
+        self.channels.insert(id, (p, next));
+    }
+
     async fn all_settled(&self, world: &World) -> bool {
         for (id, (_, amount)) in &self.channels {
-            if world.channel(*id).await.settled != *amount {
+            let on_chain = world.channel(*id).await;
+            let done = if self.finalized.contains(id) {
+                on_chain.finalized
+            } else {
+                on_chain.settled == *amount
+            };
+            if !done {
                 return false;
             }
         }
@@ -69,7 +87,12 @@ impl Book {
 
     async fn assert_exact(&self, world: &World, phase: &str) {
         for (id, (_, amount)) in &self.channels {
-            assert_eq!(world.channel(*id).await.settled, *amount, "{phase}: {id}");
+            let on_chain = world.channel(*id).await;
+            if self.finalized.contains(id) {
+                assert!(on_chain.finalized, "{phase}: {id}");
+            } else {
+                assert_eq!(on_chain.settled, *amount, "{phase}: {id}");
+            }
         }
         let total: u128 = self.channels.values().map(|(_, a)| a).sum();
         assert_eq!(
@@ -194,14 +217,18 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     );
     mine_until_settled(&world, &book, "settled after a competing nonce").await;
     book.assert_exact(&world, "competing nonce").await;
-    let text = daemon.metrics().await;
-    assert!(
-        metric(
-            &text,
-            "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}"
-        ) >= Some(1),
-        "{text}"
-    );
+    eventually(
+        "sluice_daemon_transactions_total{outcome=\"nonce_taken\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(
+                &text,
+                "sluice_daemon_transactions_total{outcome=\"nonce_taken\"}",
+            ) >= Some(1)
+        },
+    )
+    .await;
     assert!(daemon.terminate().success());
 
     // 6. A stuck transaction is replaced (same nonce, fees bumped ≥ 12.5%).
@@ -234,14 +261,130 @@ async fn the_end_state_is_exact_through_rpc_faults_kills_drops_and_competing_non
     assert!(new_fee * 8 >= fee * 9, "fee {fee} bumped to {new_fee}");
     mine_until_settled(&world, &book, "settled after a replacement").await;
     book.assert_exact(&world, "replacement").await;
-    let text = daemon.metrics().await;
-    assert!(
-        metric(
-            &text,
-            "sluice_daemon_transactions_total{outcome=\"replaced\"}"
-        ) >= Some(1),
-        "{text}"
-    );
+    eventually(
+        "sluice_daemon_transactions_total{outcome=\"replaced\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(
+                &text,
+                "sluice_daemon_transactions_total{outcome=\"replaced\"}",
+            ) >= Some(1)
+        },
+    )
+    .await;
+
+    // 7. A batch item the escrow skips: while the daemon is down with a batch recorded, the
+    //    batch is dropped from the pool and one of its channels is finalized by its payer
+    //    (requestClose, the grace period, withdraw: the watchtower was away too long). The
+    //    restarted daemon broadcasts the recorded batch again; the escrow skips that item
+    //    (`SettleSkipped`), settles the rest; the daemon drops the item and the money is exact.
+    let lost = *book.channels.keys().next().expect("a channel");
+    let settled_before = world.channel(lost).await.settled;
+    book.pay_one(&world, &mut rng, lost).await;
+    let (_, batch, _) = pending_tx(&world, payee).await;
+    daemon.kill();
+    world
+        .rpc("anvil_dropTransaction", serde_json::json!([batch]))
+        .await;
+    let payer_index = book.channels[&lost].0;
+    let request = book.payers[payer_index].request_close(lost);
+    world
+        .rpc("eth_sendRawTransaction", serde_json::json!([request]))
+        .await;
+    world.mine().await;
+    world
+        .rpc(
+            "evm_increaseTime",
+            serde_json::json!([support::world::GRACE + 1]),
+        )
+        .await;
+    let withdraw = book.payers[payer_index].withdraw(lost);
+    world
+        .rpc("eth_sendRawTransaction", serde_json::json!([withdraw]))
+        .await;
+    world.mine().await;
+    assert!(world.channel(lost).await.finalized, "the payer withdrew");
+    // The payee keeps what was settled before; the lost increment went back to the payer.
+    book.channels.get_mut(&lost).expect("channel").1 = settled_before;
+    book.finalized.insert(lost);
+    let mut daemon = world.start_daemon(&config);
+    let (_, again, _) = pending_tx(&world, payee).await;
+    assert_eq!(again, batch, "the recorded batch, broadcast again");
+    mine_until_settled(&world, &book, "settled after a skipped item").await;
+    book.assert_exact(&world, "skipped item").await;
+    eventually(
+        "sluice_daemon_errors_total{kind=\"skipped_item\"} counted",
+        Duration::from_secs(20),
+        || async {
+            let text = daemon.metrics().await;
+            metric(&text, "sluice_daemon_errors_total{kind=\"skipped_item\"}") >= Some(1)
+        },
+    )
+    .await;
     assert!(daemon.terminate().success());
     world.automine(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_pays_twice_and_never_loses_a_voucher() {
+    let world = World::start().await;
+    let mut rng = Rng::new(9);
+    let mut book = Book::open(&world, 8).await;
+    book.pay(&world, &mut rng, 40).await;
+    // Small batches: many transactions, so kills land between and inside them.
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            batch_size: 2,
+            ..DaemonSettings::default()
+        },
+    );
+    for round in 0..6 {
+        let mut daemon = world.start_daemon(&config);
+        // Kill after a random number of further settlements (read from the chain), with new
+        // vouchers arriving meanwhile.
+        let seen = world.settled_events().await.len();
+        let more = 1 + rng.below(4) as usize;
+        book.pay(&world, &mut rng, 3).await;
+        eventually(
+            "some settlements before the kill",
+            Duration::from_secs(60),
+            || async { world.settled_events().await.len() >= seen + more },
+        )
+        .await;
+        daemon.kill();
+        // Whatever happened, the escrow never paid above a voucher the engine holds.
+        for (id, (_, amount)) in &book.channels {
+            assert!(world.channel(*id).await.settled <= *amount, "round {round}");
+        }
+    }
+    let mut daemon = world.start_daemon(&config);
+    eventually(
+        "everything settled after the kills",
+        Duration::from_secs(90),
+        || async { book.all_settled(&world).await },
+    )
+    .await;
+    book.assert_exact(&world, "random kills").await;
+    // Nothing was sent twice: the escrow never had to skip an already-settled voucher.
+    let skipped = world
+        .chain
+        .get_logs(
+            &alloy::rpc::types::Filter::new()
+                .address(world.escrow)
+                .from_block(0)
+                .event_signature(
+                    <sluice_contracts::SluiceEscrow::SettleSkipped as alloy::sol_types::SolEvent>::SIGNATURE_HASH,
+                ),
+        )
+        .await
+        .expect("logs");
+    assert!(skipped.is_empty(), "{} items skipped", skipped.len());
+    assert!(daemon.terminate().success());
+    let logs = world.daemon_logs();
+    eprintln!(
+        "random kills: {} recorded transactions reconciled after a kill",
+        logs.matches("reconciling a recorded transaction").count()
+    );
 }

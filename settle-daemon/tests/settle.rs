@@ -203,3 +203,116 @@ async fn cooperative_close_and_watchtower_close_pay_exactly_and_tell_the_engine(
     );
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_with_a_reason_while_the_feed_refuses_the_token() {
+    const WRONG: &str = "a-wrong-but-well-formed-feed-token-0123456789";
+    let world = World::start().await;
+    let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
+    let mut daemon = world.start_daemon_with_env(
+        &config,
+        &[
+            ("SLUICE_DAEMON_FEED_TOKEN__ENV", "SLUICE_TEST_WRONG_TOKEN"),
+            ("SLUICE_TEST_WRONG_TOKEN", WRONG),
+        ],
+    );
+    eventually("feed errors counted", Duration::from_secs(20), || async {
+        metric(
+            &daemon.metrics().await,
+            "sluice_daemon_errors_total{kind=\"feed\"}",
+        ) >= Some(1)
+    })
+    .await;
+    let (status, body) = daemon.health().await;
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["status"], "unhealthy");
+    assert!(
+        body["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("feed:"),
+        "{body}"
+    );
+    assert!(daemon.terminate().success());
+    assert!(!world.daemon_logs().contains(WRONG));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmations_gate_both_events_and_receipts() {
+    // Anvil mines a block per transaction and none otherwise, so the test decides when a block
+    // gets its second confirmation.
+    let world = World::start().await;
+    let mut payer = world.payer(1, 4 * 100_000).await;
+    let mut vouchers = Vec::new();
+    for i in 0..4u8 {
+        let channel = payer
+            .open(&world, 100_000, B256::repeat_byte(0x40 + i), PRICE)
+            .await;
+        let amount = PRICE + 1_000 * u128::from(i + 1);
+        payer.voucher(&world, channel, amount).await;
+        vouchers.push((channel, amount));
+    }
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            confirmations: 2,
+            ..DaemonSettings::default()
+        },
+    );
+    let daemon = world.start_daemon(&config);
+    // The newest open (in the head block) has one confirmation: its salt is not known yet, so
+    // the first batch carries the other three.
+    eventually("the first batch mined", Duration::from_secs(30), || async {
+        world.settled_events().await.len() == 3
+    })
+    .await;
+    let last = vouchers[3].0;
+    assert_eq!(world.channel(last).await.settled, 0);
+    // The batch's block is the head: one confirmation, so the daemon has not counted it.
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"settle_batch\"}"),
+        None,
+        "{text}"
+    );
+    // Each new block confirms what waited; the last channel follows in a second batch.
+    eventually(
+        "everything settled and confirmed",
+        Duration::from_secs(30),
+        || async {
+            world.mine().await;
+            let text = daemon.metrics().await;
+            metric(&text, "sluice_daemon_batches_total{kind=\"settle_batch\"}") == Some(2)
+        },
+    )
+    .await;
+    for (channel, amount) in &vouchers {
+        assert_eq!(world.channel(*channel).await.settled, *amount);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
+    let world = World::start().await;
+    let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
+    let run = |env: (&str, &str)| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice-settle-daemon"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("SLUICE_TEST_FEED_TOKEN", support::world::ADMIN_TOKEN)
+            .env(env.0, env.1)
+            .output()
+            .expect("runs")
+    };
+    // A configuration error: exit 2, the field named, nothing on stdout.
+    let bad = run(("SLUICE_DAEMON_POLICY_BATCH_SIZE", "0"));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("policy.batch_size"));
+    assert!(bad.stdout.is_empty());
+    // A node on another chain: exit 1 before READY.
+    let wrong = run(("SLUICE_DAEMON_CHAIN_CHAIN_ID", "1"));
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("WrongChain"));
+    assert!(wrong.stdout.is_empty());
+}
