@@ -194,8 +194,11 @@ file = "{token}"
 rpc_url = "{rpc}"
 chain_id = {chain_id}
 escrow = "{escrow}"
+# 1: the block holding the transaction (anvil also mines a block every --block-time).
 confirmations = 1
 start_block = 0
+# Transactions are mined at once: poll receipts often.
+poll_ms = 200
 
 [key]
 file = "{key}"
