@@ -21,6 +21,8 @@ pub(crate) struct ChildGuard {
     name: &'static str,
     child: Option<Child>,
     log: PathBuf,
+    /// How long the child gets to exit after SIGTERM.
+    term_grace: Duration,
 }
 
 impl ChildGuard {
@@ -60,7 +62,7 @@ impl ChildGuard {
             .status()
             .is_ok_and(|s| s.success());
         if termed {
-            let deadline = Instant::now() + TERM_GRACE;
+            let deadline = Instant::now() + self.term_grace;
             while Instant::now() < deadline {
                 if matches!(child.try_wait(), Ok(Some(_))) {
                     return true;
@@ -126,6 +128,7 @@ pub(crate) async fn spawn(spec: Spawn<'_>) -> Result<(ChildGuard, Vec<String>), 
         name,
         child: Some(child),
         log: out_path.clone(),
+        term_grace: TERM_GRACE,
     };
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
     if let Some(stdout) = stdout {
@@ -180,5 +183,137 @@ pub(crate) async fn spawn(spec: Spawn<'_>) -> Result<(ChildGuard, Vec<String>), 
                 after: timeout,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    fn alive(pid: u32) -> bool {
+        Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[tokio::test]
+    async fn ready_lines_are_awaited_in_order_and_stdout_goes_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut guard, found) = spawn(Spawn {
+            name: "echoer",
+            command: sh("echo noise; echo 'LISTENING http://a'; echo 'ADMIN http://b'; echo err >&2; exec sleep 30"),
+            run_dir: dir.path(),
+            ready: &["LISTENING", "ADMIN"],
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+        assert_eq!(found, vec!["http://a".to_owned(), "http://b".to_owned()]);
+        assert!(guard.is_running());
+        let pid = guard.child.as_ref().unwrap().id();
+        assert!(guard.stop(), "sleep exits on SIGTERM");
+        assert!(!alive(pid));
+        assert!(!guard.is_running());
+        let log = std::fs::read_to_string(dir.path().join("echoer.stdout.log")).unwrap();
+        assert!(
+            log.starts_with("noise\nLISTENING http://a\nADMIN http://b\n"),
+            "{log}"
+        );
+        let err = std::fs::read_to_string(dir.path().join("echoer.stderr.log")).unwrap();
+        assert_eq!(err, "err\n");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_before_its_ready_line_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = spawn(Spawn {
+            name: "quitter",
+            command: sh("echo starting; exit 3"),
+            run_dir: dir.path(),
+            ready: &["READY"],
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DemoError::NotReady {
+                    name: "quitter",
+                    expected: "READY",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_child_times_out_and_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        let error = spawn(Spawn {
+            name: "silent",
+            command: sh(&script),
+            run_dir: dir.path(),
+            ready: &["READY"],
+            timeout: Duration::from_millis(300),
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(error, DemoError::Timeout { .. }), "{error}");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(pid), "the timed-out child was stopped");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_stops_the_child_even_if_it_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (guard, _) = spawn(Spawn {
+            name: "stubborn",
+            command: sh("trap '' TERM; echo READY; while true; do sleep 0.05; done"),
+            run_dir: dir.path(),
+            ready: &["READY"],
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+        let pid = guard.child.as_ref().unwrap().id();
+        assert!(alive(pid));
+        let mut guard = guard;
+        guard.term_grace = Duration::from_millis(200);
+        drop(guard);
+        assert!(!alive(pid), "killed after the SIGTERM grace period");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = spawn(Spawn {
+            name: "ghost",
+            command: Command::new(dir.path().join("no-such-program")),
+            run_dir: dir.path(),
+            ready: &["READY"],
+            timeout: Duration::from_secs(1),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, DemoError::Spawn { name: "ghost", .. }),
+            "{error}"
+        );
     }
 }
