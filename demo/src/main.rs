@@ -401,6 +401,8 @@ async fn run(args: Args) -> Result<bool, DemoError> {
         });
     }
     let failures = progress.failures.load(Ordering::Relaxed) + close_failures.len() as u64;
+    let metrics = settled_metrics(&http, &daemon.metrics_url, &txs).await;
+    let daemon_counts = metrics.as_ref().map(services::Metrics::daemon_counts);
     let checks = reconcile::reconcile(&Inputs {
         channels: &facts,
         chain: &chain_channels,
@@ -410,8 +412,8 @@ async fn run(args: Args) -> Result<bool, DemoError> {
         price: args.price,
         agents: agents.len(),
         failures,
+        daemon: daemon_counts,
     });
-    let metrics = services::scrape(&http, &daemon.metrics_url).await.ok();
     let stats: Vec<_> = agents.iter().map(|a| a.client.stats()).collect();
     let errors: Vec<String> = reports
         .iter()
@@ -494,14 +496,22 @@ async fn report_progress(
             .map(|a| a.client.stats().vouchers_signed)
             .sum();
         let settled = chain.settled_so_far().await.unwrap_or_default();
-        let batches = services::scrape(&http, &metrics_url)
-            .await
-            .map(|m| m.sum("sluice_daemon_batches_total"))
-            .unwrap_or(0.0);
+        let daemon = match services::scrape(&http, &metrics_url).await {
+            Ok(m) => {
+                let d = m.daemon_counts();
+                format!(
+                    "{} settle batches, {} channels pending ({} unsettled)",
+                    d.settle_batches,
+                    d.pending_channels,
+                    summary::tokens(u128::from(d.unsettled))
+                )
+            }
+            Err(_) => "metrics unavailable".into(),
+        };
         step(
             started,
             format!(
-                "requests {}/{}  SSE tokens {}  vouchers {}  failures {}  | settled on chain {} in {} txs  daemon batches {}",
+                "requests {}/{}  SSE tokens {}  vouchers {}  failures {}  | chain: settled {} in {} txs | daemon: {}",
                 progress.requests.load(Ordering::Relaxed),
                 total_requests,
                 progress.tokens.load(Ordering::Relaxed),
@@ -509,7 +519,7 @@ async fn report_progress(
                 progress.failures.load(Ordering::Relaxed),
                 summary::tokens(settled.amount),
                 settled.txs,
-                batches
+                daemon
             ),
         );
     }
@@ -579,6 +589,34 @@ async fn wait_settled(
             last = Some((behind, Instant::now()));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The daemon's metrics once its counters have caught up with the transactions on chain (it
+/// may count the last receipts a moment after the chain shows them), or the last scrape after a
+/// bounded wait; `None` when `/metrics` cannot be read at all.
+async fn settled_metrics(
+    http: &reqwest::Client,
+    url: &str,
+    txs: &reconcile::TxSummary,
+) -> Option<services::Metrics> {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    loop {
+        if let Ok(m) = services::scrape(http, url).await {
+            let d = m.daemon_counts();
+            let agree = d.settle_batches == txs.settle_txs
+                && d.closes == txs.close_txs
+                && d.gas_used == txs.settle_gas + txs.close_gas;
+            last = Some(m);
+            if agree {
+                return last;
+            }
+        }
+        if Instant::now() >= until {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256};
 
 use crate::chain::{EscrowEvent, EventAt, TxCost};
-use crate::services::EngineChannel;
+use crate::services::{DaemonCounts, EngineChannel};
 
 /// One channel's facts from every source.
 #[derive(Debug, Clone)]
@@ -213,6 +213,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) agents: usize,
     /// Failed requests and streams.
     pub(crate) failures: u64,
+    /// The daemon's own counts from its `/metrics` (`None`: not readable).
+    pub(crate) daemon: Option<DaemonCounts>,
 }
 
 /// Runs every check.
@@ -374,6 +376,28 @@ pub(crate) fn reconcile(i: &Inputs<'_>) -> Vec<Check> {
             i.txs.close_txs,
             i.txs.all_from_payee
         ),
+    });
+
+    let chain_gas = i.txs.settle_gas + i.txs.close_gas;
+    checks.push(Check {
+        name: "the daemon's /metrics agree with the chain (settle batches, closes, gas)",
+        pass: i.daemon.is_some_and(|d| {
+            d.settle_batches == i.txs.settle_txs
+                && d.closes == i.txs.close_txs
+                && d.gas_used == chain_gas
+        }),
+        detail: match i.daemon {
+            Some(d) => format!(
+                "daemon: {} settle batches, {} closes, {} gas; chain: {}, {}, {}",
+                d.settle_batches,
+                d.closes,
+                d.gas_used,
+                i.txs.settle_txs,
+                i.txs.close_txs,
+                chain_gas
+            ),
+            None => "the daemon's /metrics could not be read".into(),
+        },
     });
 
     checks.push(per_channel(
@@ -551,6 +575,12 @@ mod tests {
             .collect();
         let chain = fold_events(events);
         let txs = summarize_txs(events, &costs, payee);
+        let daemon = Some(DaemonCounts {
+            settle_batches: txs.settle_txs,
+            closes: txs.close_txs,
+            gas_used: txs.settle_gas + txs.close_gas,
+            ..DaemonCounts::default()
+        });
         reconcile(&Inputs {
             channels,
             chain: &chain,
@@ -560,6 +590,7 @@ mod tests {
             price: 100,
             agents: channels.len(),
             failures: 0,
+            daemon,
         })
     }
 

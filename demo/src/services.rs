@@ -253,6 +253,7 @@ fn require_binary(name: &'static str, path: &Path, hint: &'static str) -> Result
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Metrics {
     sums: std::collections::BTreeMap<String, f64>,
+    labelled: std::collections::BTreeMap<(String, String), f64>,
 }
 
 impl Metrics {
@@ -270,8 +271,14 @@ impl Metrics {
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
-            let name = series.split_once('{').map_or(series, |(name, _)| name);
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
             *out.sums.entry(name.to_owned()).or_default() += value;
+            *out.labelled
+                .entry((name.to_owned(), labels.to_owned()))
+                .or_default() += value;
         }
         out
     }
@@ -281,10 +288,50 @@ impl Metrics {
         self.sums.get(name).copied().unwrap_or(0.0)
     }
 
+    /// The series of `name` with exactly the labels `labels` (e.g. `kind="close"`), 0 when
+    /// absent.
+    pub(crate) fn get(&self, name: &str, labels: &str) -> f64 {
+        self.labelled
+            .get(&(name.to_owned(), labels.to_owned()))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// What the daemon says it did, as counts.
+    pub(crate) fn daemon_counts(&self) -> DaemonCounts {
+        // Counters are integers in the exposition; the casts only drop a ".0".
+        let count = |v: f64| v.max(0.0) as u64;
+        DaemonCounts {
+            settle_batches: count(self.get("sluice_daemon_batches_total", "kind=\"settle_batch\"")),
+            closes: count(self.get("sluice_daemon_batches_total", "kind=\"close\"")),
+            gas_used: count(self.sum("sluice_daemon_gas_used_total")),
+            errors: count(self.sum("sluice_daemon_errors_total")),
+            pending_channels: count(self.sum("sluice_daemon_channels_pending")),
+            unsettled: count(self.sum("sluice_daemon_unsettled_amount")),
+        }
+    }
+
     /// Whether any series was read.
     pub(crate) fn is_empty(&self) -> bool {
         self.sums.is_empty()
     }
+}
+
+/// The daemon's own account of its work, from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DaemonCounts {
+    /// `settleBatch` transactions mined.
+    pub(crate) settle_batches: u64,
+    /// `close` transactions mined.
+    pub(crate) closes: u64,
+    /// Gas of every mined transaction.
+    pub(crate) gas_used: u64,
+    /// Failures of any kind (retried ones included).
+    pub(crate) errors: u64,
+    /// Channels holding an unsettled voucher.
+    pub(crate) pending_channels: u64,
+    /// Their unsettled amount.
+    pub(crate) unsettled: u64,
 }
 
 /// Reads the daemon's `/metrics`.
@@ -399,7 +446,7 @@ mod tests {
     #[test]
     fn metrics_sum_series_across_labels_and_skip_comments() {
         let text = "# HELP x y\n# TYPE sluice_daemon_batches_total counter\n\
-            sluice_daemon_batches_total{kind=\"settle\"} 3\n\
+            sluice_daemon_batches_total{kind=\"settle_batch\"} 3\n\
             sluice_daemon_batches_total{kind=\"close\"} 4\n\
             sluice_daemon_gas_used_total 123456\n\
             garbage line\n";
@@ -407,7 +454,14 @@ mod tests {
         assert_eq!(m.sum("sluice_daemon_batches_total"), 7.0);
         assert_eq!(m.sum("sluice_daemon_gas_used_total"), 123_456.0);
         assert_eq!(m.sum("absent"), 0.0);
+        assert_eq!(m.get("sluice_daemon_batches_total", "kind=\"close\""), 4.0);
+        assert_eq!(m.get("sluice_daemon_batches_total", "kind=\"other\""), 0.0);
         assert!(!m.is_empty());
+        let counts = m.daemon_counts();
+        assert_eq!(
+            (counts.settle_batches, counts.closes, counts.gas_used),
+            (3, 4, 123_456)
+        );
         assert!(Metrics::parse("# only comments\n").is_empty());
     }
 

@@ -168,13 +168,16 @@ impl Summary<'_> {
             ),
         );
         if let Some(m) = self.metrics.filter(|m| !m.is_empty()) {
+            let d = m.daemon_counts();
             row(
                 "daemon /metrics",
                 format!(
-                    "batches_total {}, gas_used_total {}, errors_total {}",
-                    m.sum("sluice_daemon_batches_total"),
-                    m.sum("sluice_daemon_gas_used_total"),
-                    m.sum("sluice_daemon_errors_total")
+                    "{} settle batches, {} closes, {} gas, {} errors (retried), {} channels pending",
+                    d.settle_batches,
+                    d.closes,
+                    group(d.gas_used),
+                    d.errors,
+                    d.pending_channels
                 ),
             );
         }
