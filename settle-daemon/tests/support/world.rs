@@ -111,14 +111,21 @@ fn provider_binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
     let binary = profile_dir.join("examples").join("provider");
-    if !binary.exists() {
+    // Always through cargo, once per test binary: a binary left by an older build would test
+    // old code. Building the whole workspace's bins and examples keeps the feature resolution
+    // of `cargo test --workspace`, so under `make test` this is a no-op.
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "sluice-engine", "--example", "provider"])
+            .args(["build", "--workspace", "--bins", "--examples"])
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building the example provider");
-    }
+        assert!(
+            status.success(),
+            "cargo build --workspace --bins --examples"
+        );
+    });
     binary
 }
 
