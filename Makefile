@@ -1,4 +1,4 @@
-# Sluice: the two commands are `make demo` (coming with the payer client) and `make test`.
+# Sluice: the two commands are `make demo` and `make test`.
 # Every target installs what it needs from the package registries (npm, crates.io) on first use;
 # a second run only checks stamps and takes seconds.
 
@@ -29,11 +29,13 @@ FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS = $(shell sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^sluice-fuzz$$')
 
-.PHONY: all tools cargo-fuzz test test-contracts test-rust fuzz-smoke fuzz lint fmt artifacts artifacts-check clean help
+.PHONY: all tools cargo-fuzz demo test test-contracts test-rust fuzz-smoke fuzz lint fmt artifacts artifacts-check clean help
 
 all: test
 
 help:
+	@echo "make demo   install pinned tools if missing, build, run a whole local session and reconcile it"
+	@echo "            (AGENTS=$(AGENTS) REQUESTS=$(REQUESTS) STREAMS=$(STREAMS) TOKENS=$(TOKENS) DEMO_FLAGS='...'; see demo/README.md)"
 	@echo "make test   install pinned tools if missing, then run every test (forge, cargo, fuzz smoke)"
 	@echo "make fuzz   fuzz every target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) seconds each"
 	@echo "make lint   rustfmt --check and clippy -D warnings on every crate"
@@ -51,6 +53,24 @@ cargo-fuzz: $(CARGO_FUZZ)
 
 $(CARGO_FUZZ):
 	cargo install --locked cargo-fuzz@0.13.2 --root $(CARGO_TOOLS)
+
+## ---- demo ----------------------------------------------------------------------------------
+
+# A whole local session (demo/README.md): anvil, the escrow and a token, the example provider,
+# the settlement daemon, AGENTS paying agents, cooperative closes, reconciliation against the
+# chain. Exits non-zero unless every check passes. Logs: target/demo/<UTC time>/.
+AGENTS ?= 20
+REQUESTS ?= 50
+STREAMS ?= 2
+TOKENS ?= 100
+DEMO_FLAGS ?=
+
+demo: tools
+	@# One cargo invocation: the three share one feature resolution, so the engine builds once.
+	cargo build --release --locked -p sluice-demo -p sluice-settle-daemon -p sluice-engine \
+	  --bins --example provider
+	$(ROOT)/target/release/sluice-demo --agents $(AGENTS) --requests $(REQUESTS) \
+	  --streams $(STREAMS) --tokens $(TOKENS) $(DEMO_FLAGS)
 
 ## ---- tests ---------------------------------------------------------------------------------
 
