@@ -2,38 +2,13 @@
 //! settlement daemon as processes, real agents; it must reconcile with every check `PASS` and
 //! exit 0. Keeps `make test` from letting `make demo` rot.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `target/<profile>` (the demo binary's directory; the demo finds the provider example and the
-/// daemon there by default).
-fn profile_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sluice-demo"))
-        .parent()
-        .expect("target/<profile>")
-        .to_owned()
-}
-
-/// Builds what the demo starts, always through cargo: a binary left by an older build would
-/// test yesterday's provider or daemon. The whole workspace's binaries and examples, because
-/// that is the feature resolution `cargo test --workspace` already built them with: under
-/// `make test` this is a no-op, where building the two packages alone would compile the engine
-/// a second time.
+/// The demo, after what it starts was built fresh (a binary left by an older build would test
+/// yesterday's provider or daemon).
 fn demo() -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--workspace", "--bins", "--examples"])
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success(),
-        "cargo build --workspace --bins --examples"
-    );
     for binary in ["examples/provider", "sluice-settle-daemon"] {
-        assert!(
-            profile_dir().join(binary).is_file(),
-            "{binary} was not built"
-        );
+        sluice_testkit::workspace_binary(binary);
     }
     Command::new(env!("CARGO_BIN_EXE_sluice-demo"))
 }

@@ -65,7 +65,7 @@ async fn connect_checks_the_chain_id_and_the_escrow() {
 
     // Nobody listens on the proxy's port once it is gone: a transport error, retryable.
     let gone = FlakyProxy::start(chain.rpc_addr(), |_| Fault::Pass).await;
-    let mut unreachable = chain.config_for(gone.url());
+    let mut unreachable = chain.config_for(gone.url().parse().expect("proxy url"));
     drop(gone);
     unreachable.max_retries = 1;
     let error = RpcChain::connect(unreachable)
@@ -332,7 +332,7 @@ async fn reads_and_broadcasts_survive_a_flaky_link() {
     let chain = TestChain::start().await;
     let direct = connect(&chain).await;
     let proxy = FlakyProxy::start(chain.rpc_addr(), cycle).await;
-    let mut config = chain.config_for(proxy.url());
+    let mut config = chain.config_for(proxy.url().parse().expect("proxy url"));
     // Up to two faults in a row by the plan; two spare retries absorb a pass that a loaded
     // machine answers too slowly.
     config.request_timeout = Duration::from_secs(1);
@@ -396,7 +396,7 @@ async fn each_fault_is_a_retryable_transport_error() {
             },
         )
         .await;
-        let mut config = chain.config_for(proxy.url());
+        let mut config = chain.config_for(proxy.url().parse().expect("proxy url"));
         config.max_retries = 0;
         // Only a stall waits for the timeout; keep it short there.
         if fault == Fault::Stall {
@@ -435,7 +435,7 @@ async fn retries_are_bounded() {
         }
     })
     .await;
-    let mut config = chain.config_for(proxy.url());
+    let mut config = chain.config_for(proxy.url().parse().expect("proxy url"));
     config.max_retries = 2;
     let client = RpcChain::connect(config).await.expect("connects");
     let error = client

@@ -3,31 +3,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The example binary next to this test's binary (`target/<profile>/examples/provider`), built
-/// (or found fresh) by cargo first.
+/// The example binary (`target/<profile>/examples/provider`), built fresh by cargo first.
 pub fn provider_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("provider");
-    // Always through cargo, once per test binary: a binary left by an older build would test
-    // old code. Building the whole workspace's bins and examples keeps the feature resolution
-    // of `cargo test --workspace`, so under `make test` this is a no-op.
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--examples"])
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build --workspace --bins --examples"
-        );
-    });
-    binary
+    sluice_testkit::workspace_binary("examples/provider")
 }
 
 /// The example provider running as a process on a [`TestChain`](super::anvil::TestChain), with

@@ -1,10 +1,11 @@
 //! Support for the daemon's process tests: the whole deployment as real processes
-//! ([`world`]) and a fault-injecting JSON-RPC proxy ([`flaky_proxy`]).
+//! ([`world`]) and the fault-injecting JSON-RPC proxy of `sluice-testkit` ([`flaky_proxy`]).
 //!
 //! Each test binary compiles its own copy and uses part of it, hence the `dead_code`
 //! allowance.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-pub mod flaky_proxy;
+#[allow(unused_imports)] // not every test binary uses it
+pub use sluice_testkit::flaky_proxy;
 pub mod world;

@@ -14,7 +14,6 @@ use std::{
     },
 };
 
-use sluice_engine::chain::RpcUrl;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -35,13 +34,15 @@ pub enum Fault {
     Truncate,
     /// Keep the connection open without answering until the client closes it (its timeout).
     Stall,
+    /// Wait this many milliseconds, then forward and relay as `Pass`.
+    Delay(u64),
 }
 
 /// Counts of what the proxy did, per fault.
 #[derive(Debug, Default)]
 struct Counters {
     requests: AtomicU64,
-    by_fault: [AtomicU64; 5],
+    by_fault: [AtomicU64; 6],
 }
 
 fn slot(fault: Fault) -> usize {
@@ -51,6 +52,7 @@ fn slot(fault: Fault) -> usize {
         Fault::ServerError => 2,
         Fault::Truncate => 3,
         Fault::Stall => 4,
+        Fault::Delay(_) => 5,
     }
 }
 
@@ -96,8 +98,8 @@ impl FlakyProxy {
     }
 
     /// The proxy's URL, to use as the client's RPC endpoint.
-    pub fn url(&self) -> RpcUrl {
-        format!("http://{}", self.addr).parse().expect("url")
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// How many requests arrived.
@@ -147,6 +149,13 @@ async fn serve(
             let mut sink = [0u8; 1024];
             while client.read(&mut sink).await? > 0 {}
             Ok(())
+        }
+        Fault::Delay(ms) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            let (head, body) = forward(&request, upstream).await?;
+            client.write_all(&with_connection_close(&head)).await?;
+            client.write_all(&body).await?;
+            client.shutdown().await
         }
         Fault::Pass | Fault::Truncate => {
             let (head, body) = forward(&request, upstream).await?;
