@@ -26,6 +26,10 @@ pub const ENV_PREFIX: &str = "SLUICE_DAEMON_";
 /// The largest gas a single transaction may be given (Ethereum's 30M block gas limit; a
 /// higher cap is certainly a typo).
 pub const MAX_GAS_CAP: u64 = 30_000_000;
+/// The name of the feed configured by the single `[feed]` form when it sets none.
+pub const DEFAULT_FEED_NAME: &str = "default";
+/// The longest feed name.
+pub const MAX_FEED_NAME_LEN: usize = 64;
 
 /// Why the configuration or a secret could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,36 @@ pub enum ConfigError {
         value: String,
         /// What is allowed.
         reason: &'static str,
+    },
+    /// Neither `[feed]` nor `[[feeds]]` names a feed.
+    #[error("no feed configured: set `[feed]` or at least one `[[feeds]]`")]
+    NoFeeds,
+    /// Both `[feed]` and `[[feeds]]` are set.
+    #[error("`[feed]` and `[[feeds]]` are exclusive: use one form")]
+    BothFeedForms,
+    /// A `[[feeds]]` entry has no `name`.
+    #[error("`feeds[{index}]` has no `name` (required for every entry of `[[feeds]]`)")]
+    FeedNameMissing {
+        /// The entry's position in `[[feeds]]`, from 0.
+        index: usize,
+    },
+    /// A feed name is empty, too long or has a character outside `A-Z a-z 0-9 - _ .`.
+    #[error("feed name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ .")]
+    FeedNameInvalid {
+        /// The name given.
+        name: String,
+    },
+    /// Two feeds share a name.
+    #[error("two feeds are named {name:?}")]
+    DuplicateFeedName {
+        /// The name.
+        name: String,
+    },
+    /// Two feeds share a URL.
+    #[error("two feeds read {url}")]
+    DuplicateFeedUrl {
+        /// The URL.
+        url: String,
     },
     /// A secret names both or neither of `file` and `env`.
     #[error("`{field}` must set exactly one of `file` and `env`")]
@@ -227,8 +261,14 @@ impl fmt::Debug for FeedToken {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `[feed]`: the engine's settlement feed.
-    pub feed: FeedConfig,
+    /// `[feed]`: one engine node's settlement feed (the single form; its name is
+    /// [`DEFAULT_FEED_NAME`] unless it sets `name`). Exclusive with `feeds`.
+    #[serde(default)]
+    pub feed: Option<FeedConfig>,
+    /// `[[feeds]]`: several engine nodes' feeds, each with a stable `name` (it keys the feed's
+    /// durable cursor and labels its metrics). Exclusive with `feed`.
+    #[serde(default)]
+    pub feeds: Vec<FeedConfig>,
     /// `[chain]`: the node and the escrow.
     pub chain: ChainConfig,
     /// `[key]`: where the payee's signing key is.
@@ -246,6 +286,11 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
+    /// The feed's stable name: 1–64 characters `A-Z a-z 0-9 - _ .`. Required in `[[feeds]]`;
+    /// `[feed]` defaults to [`DEFAULT_FEED_NAME`]. Renaming a feed restarts its cursor at 0 (a
+    /// full replay of that node's feed, which is safe: vouchers only grow).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The engine's feed endpoint, e.g. `http://127.0.0.1:9090/feed`.
     pub url: String,
     /// Where the bearer token is.
@@ -448,6 +493,36 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let config = Self::parse_unchecked(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path` like [`Config::load`] for a provider that embeds the daemon
+    /// ([`crate::runner::run_embedded`]): the in-process feeds come from the caller, so the file
+    /// may name no HTTP feed (any it names are followed too).
+    pub fn load_embedded(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadConfig {
+            path: path.to_owned(),
+            kind: e.kind(),
+        })?;
+        Self::parse_embedded(&text, std::env::vars())
+    }
+
+    /// [`Config::parse`] for an embedding provider: zero HTTP feeds is allowed.
+    pub fn parse_embedded(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config = Self::parse_unchecked(text, env)?;
+        config.validate_with(false)?;
+        Ok(config)
+    }
+
+    fn parse_unchecked(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text.parse()?;
         for (var, value) in env {
             let Some(name) = var.strip_prefix(ENV_PREFIX) else {
@@ -487,13 +562,98 @@ impl Config {
             let keep_string = matches!(current.get(key), Some(toml::Value::String(_)));
             current.insert(key.clone(), override_value(&value, keep_string));
         }
-        let config: Self = table.try_into()?;
-        config.validate()?;
-        Ok(config)
+        // Checked before deserializing: a `SLUICE_DAEMON_FEED_*` override next to `[[feeds]]`
+        // makes a partial `[feed]` whose missing keys would hide the real mistake.
+        if table.contains_key("feed") && table.contains_key("feeds") {
+            return Err(ConfigError::BothFeedForms);
+        }
+        Ok(table.try_into()?)
+    }
+
+    /// The HTTP feeds to follow, each with its resolved name, in configuration order (the
+    /// single `[feed]` form gives one, named [`DEFAULT_FEED_NAME`] unless it sets `name`).
+    pub fn http_feeds(&self) -> Vec<(String, FeedConfig)> {
+        match &self.feed {
+            Some(feed) => vec![(
+                feed.name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_FEED_NAME.to_owned()),
+                feed.clone(),
+            )],
+            None => self
+                .feeds
+                .iter()
+                .map(|f| (f.name.clone().unwrap_or_default(), f.clone()))
+                .collect(),
+        }
     }
 
     /// Checks ranges and consistency; [`Config::parse`] calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(true)
+    }
+
+    fn validate_feeds(&self, required: bool) -> Result<(), ConfigError> {
+        let invalid = |field, value: String, reason| {
+            Err(ConfigError::Invalid {
+                field,
+                value,
+                reason,
+            })
+        };
+        if self.feed.is_some() && !self.feeds.is_empty() {
+            return Err(ConfigError::BothFeedForms);
+        }
+        if required && self.feed.is_none() && self.feeds.is_empty() {
+            return Err(ConfigError::NoFeeds);
+        }
+        if self.feed.is_none() {
+            for (index, feed) in self.feeds.iter().enumerate() {
+                if feed.name.is_none() {
+                    return Err(ConfigError::FeedNameMissing { index });
+                }
+            }
+        }
+        let one = self.feed.is_some();
+        let field = |single: &'static str, list: &'static str| if one { single } else { list };
+        let feeds = self.http_feeds();
+        for (i, (name, feed)) in feeds.iter().enumerate() {
+            check_feed_name(name)?;
+            if feeds[..i].iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::DuplicateFeedName { name: name.clone() });
+            }
+            if feeds[..i].iter().any(|(_, f)| f.url == feed.url) {
+                return Err(ConfigError::DuplicateFeedUrl {
+                    url: feed.url.clone(),
+                });
+            }
+            feed.token.check(field("feed.token", "feeds.token"))?;
+            if !(feed.url.starts_with("http://") || feed.url.starts_with("https://")) {
+                return invalid(
+                    field("feed.url", "feeds.url"),
+                    feed.url.clone(),
+                    "must be an http(s) URL",
+                );
+            }
+            if !(1..=1000).contains(&feed.page_limit) {
+                return invalid(
+                    field("feed.page_limit", "feeds.page_limit"),
+                    feed.page_limit.to_string(),
+                    "must be 1..=1000",
+                );
+            }
+            if feed.wait_ms > 30_000 {
+                return invalid(
+                    field("feed.wait_ms", "feeds.wait_ms"),
+                    feed.wait_ms.to_string(),
+                    "must be 0..=30000",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_with(&self, feeds_required: bool) -> Result<(), ConfigError> {
         let invalid = |field, value: String, reason| {
             Err(ConfigError::Invalid {
                 field,
@@ -502,30 +662,13 @@ impl Config {
             })
         };
         self.key.check("key")?;
-        self.feed.token.check("feed.token")?;
+        self.validate_feeds(feeds_required)?;
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
-        if !url_ok(&self.feed.url) {
-            return invalid("feed.url", self.feed.url.clone(), "must be an http(s) URL");
-        }
         if !url_ok(&self.chain.rpc_url) {
             return invalid(
                 "chain.rpc_url",
                 self.chain.rpc_url.clone(),
                 "must be an http(s) URL",
-            );
-        }
-        if !(1..=1000).contains(&self.feed.page_limit) {
-            return invalid(
-                "feed.page_limit",
-                self.feed.page_limit.to_string(),
-                "must be 1..=1000",
-            );
-        }
-        if self.feed.wait_ms > 30_000 {
-            return invalid(
-                "feed.wait_ms",
-                self.feed.wait_ms.to_string(),
-                "must be 0..=30000",
             );
         }
         if self.chain.escrow == Address::ZERO {
@@ -633,6 +776,17 @@ impl Config {
             watchtower_margin_secs: p.watchtower_margin_secs,
         }
     }
+}
+
+/// Checks a feed name: it keys a durable cursor and labels metrics, so it is kept plain.
+pub fn check_feed_name(name: &str) -> Result<(), ConfigError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_FEED_NAME_LEN || !name.chars().all(plain) {
+        return Err(ConfigError::FeedNameInvalid {
+            name: name.chars().take(MAX_FEED_NAME_LEN + 1).collect(),
+        });
+    }
+    Ok(())
 }
 
 /// An override's value: a string where the file has a string, otherwise a decimal integer

@@ -60,15 +60,18 @@ pub enum FeedClientError {
     /// Storing the page failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// An in-process engine's store could not be read ([`crate::source::EmbeddedFeed`]).
+    #[error("reading the engine's feed failed: {0}")]
+    Store(String),
 }
 
 impl FeedClientError {
     /// Whether retrying later may succeed: transport failures and server-side (5xx) or
-    /// throttling (429) answers. A refused token, a bad request, a broken page or a local
+    /// throttling (429) answers, and an in-process engine's store read. A refused token, a bad request, a broken page or a local
     /// database failure need an operator.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } => true,
+            Self::Transport { .. } | Self::Store(_) => true,
             Self::Status { status, .. } => *status >= 500 || *status == 429,
             Self::Client(_)
             | Self::Unauthorized
@@ -168,7 +171,7 @@ impl FeedClient {
     }
 }
 
-fn check_page(after: u64, page: &FeedPageDto) -> Result<(), FeedClientError> {
+pub(crate) fn check_page(after: u64, page: &FeedPageDto) -> Result<(), FeedClientError> {
     let broken = |detail: String| Err(FeedClientError::CursorContract { after, detail });
     let next = page.next.get();
     if next < after {

@@ -7,5 +7,6 @@ pub mod feed_client;
 pub mod metrics;
 pub mod policy;
 pub mod runner;
+pub mod source;
 pub mod state;
 pub mod tx;

@@ -11,7 +11,8 @@
 //! | `sluice_daemon_errors_total{kind}` | counter | failures: `feed`, `scan`, `rpc`, `tx`, `state`, `engine_refresh`, `skipped_item` |
 //! | `sluice_daemon_chain_lag_blocks` | gauge | chain head minus the last processed block |
 //! | `sluice_daemon_last_block` | gauge | the last processed block |
-//! | `sluice_daemon_feed_cursor` | gauge | the durable feed cursor |
+//! | `sluice_daemon_feed_cursor{feed}` | gauge | each feed's durable cursor, by feed name |
+//! | `sluice_daemon_feed_errors_total{feed}` | counter | failed pulls, by feed name (their sum is `errors_total{kind="feed"}`) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,11 +29,18 @@ struct Inner {
     errors: BTreeMap<&'static str, u64>,
     chain_lag: u64,
     last_block: u64,
-    feed_cursor: u64,
-    feed_ok: Option<Instant>,
+    feeds: BTreeMap<String, FeedHealth>,
     scan_ok: Option<Instant>,
-    feed_error: Option<String>,
     scan_error: Option<String>,
+}
+
+/// One feed's cursor and health.
+#[derive(Debug, Default)]
+struct FeedHealth {
+    cursor: u64,
+    ok: Option<Instant>,
+    error: Option<String>,
+    errors: u64,
 }
 
 /// The metrics registry (cheap to share in an `Arc`).
@@ -90,33 +98,53 @@ impl Metrics {
         });
     }
 
-    /// Records a successful feed pull.
-    pub fn feed_ok(&self, cursor: u64) {
+    /// Names a feed before its first pull, so health reports it until it succeeds.
+    pub fn register_feed(&self, feed: &str) {
         self.with(|m| {
-            m.feed_ok = Some(Instant::now());
-            m.feed_error = None;
-            m.feed_cursor = cursor;
+            m.feeds.entry(feed.to_owned()).or_default();
         });
     }
 
-    /// Records a failed feed pull.
-    pub fn feed_failed(&self, reason: String) {
+    /// Records a successful pull of the feed named `feed`.
+    pub fn feed_ok(&self, feed: &str, cursor: u64) {
+        self.with(|m| {
+            let f = m.feeds.entry(feed.to_owned()).or_default();
+            f.ok = Some(Instant::now());
+            f.error = None;
+            f.cursor = cursor;
+        });
+    }
+
+    /// Records a failed pull of the feed named `feed`.
+    pub fn feed_failed(&self, feed: &str, reason: String) {
         self.with(|m| {
             *m.errors.entry("feed").or_default() += 1;
-            m.feed_error = Some(reason);
+            let f = m.feeds.entry(feed.to_owned()).or_default();
+            f.errors += 1;
+            f.error = Some(reason);
         });
     }
 
-    /// `None` when healthy: the last feed pull and the last event scan both succeeded within
-    /// `stale_after`; otherwise the reason.
+    /// `None` when healthy: the last pull of every feed and the last event scan all succeeded
+    /// within `stale_after`; otherwise the reason, naming each failing feed
+    /// (`feed <name>: <error>`, joined by `; `).
     pub fn unhealthy(&self, stale_after: Duration) -> Option<String> {
         self.with(|m| {
             let fresh = |at: Option<Instant>| at.is_some_and(|t| t.elapsed() <= stale_after);
-            if !fresh(m.feed_ok) {
-                return Some(match &m.feed_error {
-                    Some(e) => format!("feed: {e}"),
-                    None => "feed: no successful pull yet".into(),
-                });
+            let stale: Vec<String> = m
+                .feeds
+                .iter()
+                .filter(|(_, f)| !fresh(f.ok))
+                .map(|(name, f)| match &f.error {
+                    Some(e) => format!("feed {name}: {e}"),
+                    None => format!("feed {name}: no successful pull yet"),
+                })
+                .collect();
+            if m.feeds.is_empty() {
+                return Some("feed: none configured".into());
+            }
+            if !stale.is_empty() {
+                return Some(stale.join("; "));
             }
             if !fresh(m.scan_ok) {
                 return Some(match &m.scan_error {
@@ -158,11 +186,28 @@ impl Metrics {
                 "The last fully processed block.",
                 m.last_block.to_string(),
             );
-            gauge(
-                "feed_cursor",
-                "The durable settlement feed cursor.",
-                m.feed_cursor.to_string(),
+            let _ = write!(
+                out,
+                "# HELP sluice_daemon_feed_cursor The durable settlement feed cursor, by feed.\n# TYPE sluice_daemon_feed_cursor gauge\n"
             );
+            for (name, f) in &m.feeds {
+                let _ = writeln!(
+                    out,
+                    "sluice_daemon_feed_cursor{{feed=\"{name}\"}} {}",
+                    f.cursor
+                );
+            }
+            let _ = write!(
+                out,
+                "# HELP sluice_daemon_feed_errors_total Failed feed pulls, by feed.\n# TYPE sluice_daemon_feed_errors_total counter\n"
+            );
+            for (name, f) in &m.feeds {
+                let _ = writeln!(
+                    out,
+                    "sluice_daemon_feed_errors_total{{feed=\"{name}\"}} {}",
+                    f.errors
+                );
+            }
             let mut counter = |name: &str, help: &str, label: &str, values: &BTreeMap<&str, u64>| {
                 let _ = write!(
                     out,
@@ -233,7 +278,7 @@ mod tests {
     fn health_needs_a_recent_feed_pull_and_scan() {
         let m = Metrics::default();
         assert!(m.unhealthy(Duration::from_secs(60)).is_some());
-        m.feed_ok(1);
+        m.feed_ok("a", 1);
         assert!(
             m.unhealthy(Duration::from_secs(60))
                 .unwrap()
@@ -242,15 +287,50 @@ mod tests {
         m.scan_ok(1, 1);
         assert_eq!(m.unhealthy(Duration::from_secs(60)), None);
         let failing = Metrics::default();
-        failing.feed_failed("refused".into());
+        failing.feed_failed("a", "refused".into());
         assert_eq!(
             failing.unhealthy(Duration::from_secs(60)).as_deref(),
-            Some("feed: refused")
+            Some("feed a: refused")
         );
         assert!(
             failing
                 .render()
                 .contains("sluice_daemon_errors_total{kind=\"feed\"} 1")
         );
+    }
+
+    #[test]
+    fn each_feed_has_its_cursor_errors_and_health() {
+        let m = Metrics::default();
+        m.register_feed("a");
+        m.register_feed("b");
+        m.scan_ok(1, 1);
+        assert_eq!(
+            m.unhealthy(Duration::from_secs(60)).as_deref(),
+            Some("feed a: no successful pull yet; feed b: no successful pull yet")
+        );
+        m.feed_ok("a", 7);
+        m.feed_failed("b", "connection refused".into());
+        m.feed_failed("b", "connection refused".into());
+        assert_eq!(
+            m.unhealthy(Duration::from_secs(60)).as_deref(),
+            Some("feed b: connection refused"),
+            "a healthy feed is not named; the failing one is"
+        );
+        let text = m.render();
+        for line in [
+            "sluice_daemon_feed_cursor{feed=\"a\"} 7",
+            "sluice_daemon_feed_cursor{feed=\"b\"} 0",
+            "sluice_daemon_feed_errors_total{feed=\"a\"} 0",
+            "sluice_daemon_feed_errors_total{feed=\"b\"} 2",
+            "sluice_daemon_errors_total{kind=\"feed\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        m.feed_ok("b", 3);
+        assert_eq!(m.unhealthy(Duration::from_secs(60)), None);
     }
 }

@@ -12,8 +12,10 @@
 //!    tell the engine (`POST /channels/{id}/refresh`) about channels that are finalized or
 //!    have a close request on chain.
 //!
-//! The feed is followed concurrently by a long-polling task that stores each page atomically
-//! (vouchers, engine facts, cursor) and wakes the loop.
+//! Each feed (one per engine node, over HTTP or in-process, see [`crate::source`]) is followed
+//! concurrently by its own task that stores each page atomically (vouchers, engine facts, that
+//! feed's cursor) and wakes the loop; a failing node stalls only its own feed. Notifications go
+//! to the node(s) whose feed delivered the channel.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -31,10 +33,11 @@ use sluice_contracts::{ISluiceEscrow, SluiceEscrow, settle_item};
 use tokio::sync::{Notify, watch};
 
 use crate::chain::{self, ChainScanError, RetryPolicy, Rpc, fold_read, lock};
-use crate::config::{Config, ConfigError, FeedToken};
-use crate::feed_client::{FeedClient, FeedClientError};
+use crate::config::{Config, ConfigError};
+use crate::feed_client::FeedClientError;
 use crate::metrics::Metrics;
 use crate::policy::{self, Action, ChannelId, ChannelView, EngineStatus, Market, PolicyConfig};
+use crate::source::{FeedSetupError, HttpFeed, SettlementFeed};
 use crate::state::{ChainFacts, DaemonState, StateError, TxKind, TxRecord};
 use crate::tx::{MinedTx, Sender, SenderConfig, TxEnd, TxError, skip_reason};
 
@@ -56,6 +59,9 @@ pub enum DaemonError {
     /// The feed client.
     #[error(transparent)]
     Feed(#[from] FeedClientError),
+    /// Setting up the feeds (a URL not ending in `/feed`, two feeds with one name, none).
+    #[error(transparent)]
+    FeedSetup(#[from] FeedSetupError),
     /// Scanning.
     #[error(transparent)]
     Scan(#[from] ChainScanError),
@@ -67,53 +73,12 @@ pub enum DaemonError {
         /// The I/O error kind.
         kind: std::io::ErrorKind,
     },
-    /// `feed.url` does not end in `/feed`, so the engine's admin base cannot be derived.
-    #[error("feed.url {url} does not end in /feed")]
-    FeedUrl {
-        /// The URL.
-        url: String,
-    },
 }
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The engine's admin routes, for refresh notifications.
-#[derive(Debug, Clone)]
-struct EngineAdmin {
-    http: reqwest::Client,
-    base: String,
-    token: FeedToken,
-}
-
-impl EngineAdmin {
-    /// `POST {base}/channels/{id}/refresh`; `true` when the engine answered 200 or 404 (it
-    /// does not know the channel: nothing to tell it).
-    async fn refresh(&self, channel: &ChannelId) -> bool {
-        let url = format!("{}/channels/{channel}/refresh", self.base);
-        match self
-            .http
-            .post(&url)
-            .bearer_auth(self.token.expose())
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
-                true
-            }
-            Ok(r) => {
-                tracing::warn!(%channel, status = r.status().as_u16(), "engine refresh refused");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(%channel, error = %e, "engine refresh failed");
-                false
-            }
-        }
-    }
 }
 
 /// The daemon's state while running.
@@ -123,29 +88,78 @@ struct Daemon {
     state: Arc<Mutex<DaemonState>>,
     sender: Sender,
     metrics: Arc<Metrics>,
-    engine: EngineAdmin,
-    /// Notifications sent this process: (channel, kind, value).
-    notified: HashSet<(ChannelId, u8, u64)>,
+    /// Every feed, in configuration order; notifications go to the ones that delivered the
+    /// channel.
+    feeds: Vec<Arc<dyn SettlementFeed>>,
+    /// Notifications sent this process: (channel, kind, value, feed index).
+    notified: HashSet<(ChannelId, u8, u64, usize)>,
 }
 
-/// Runs the daemon until `shutdown` turns true. `ready` gets the metrics address once the
-/// listener is bound (the binary prints `READY <addr>`).
+/// The HTTP feeds `config` names (`[feed]` or `[[feeds]]`), tokens loaded.
+pub fn http_feeds(config: &Config) -> Result<Vec<Arc<dyn SettlementFeed>>, DaemonError> {
+    let mut feeds: Vec<Arc<dyn SettlementFeed>> = Vec::new();
+    for (name, feed) in config.http_feeds() {
+        let token = feed.token.load_token()?;
+        feeds.push(Arc::new(HttpFeed::new(&name, &feed, token)?));
+    }
+    Ok(feeds)
+}
+
+/// Runs the daemon until `shutdown` turns true, following the HTTP feeds `config` names.
+/// `ready` gets the metrics address once the listener is bound (the binary prints
+/// `READY <addr>`).
 pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), DaemonError> {
+    let feeds = http_feeds(&config)?;
+    run_feeds(config, feeds, shutdown, ready).await
+}
+
+/// Runs the daemon inside a provider that embeds the engine: follows `feeds` (typically
+/// [`crate::source::EmbeddedFeed`]s over the provider's `Arc<Engine>`) and any HTTP feeds
+/// `config` names (load it with [`Config::load_embedded`], which allows none). The key, the
+/// chain and the daemon's own database (a directory apart from the engine's store) still come
+/// from `config`. Returns when `shutdown` turns true.
+pub async fn run_embedded(
+    config: Config,
+    feeds: Vec<Arc<dyn SettlementFeed>>,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
+    let mut all = http_feeds(&config)?;
+    all.extend(feeds);
+    run_feeds(config, all, shutdown, ready).await
+}
+
+async fn run_feeds(
+    config: Config,
+    feeds: Vec<Arc<dyn SettlementFeed>>,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
+    let Some(first) = feeds.first() else {
+        return Err(FeedSetupError::NoFeeds.into());
+    };
+    for (i, feed) in feeds.iter().enumerate() {
+        if feeds[..i].iter().any(|f| f.name() == feed.name()) {
+            return Err(FeedSetupError::DuplicateName {
+                name: feed.name().to_owned(),
+            }
+            .into());
+        }
+    }
     let key = config.key.load_key()?;
-    let token = config.feed.token.load_token()?;
-    let admin_base = config
-        .feed
-        .url
-        .strip_suffix("/feed")
-        .ok_or_else(|| DaemonError::FeedUrl {
-            url: config.feed.url.clone(),
-        })?
-        .to_owned();
-    let state = Arc::new(Mutex::new(DaemonState::open(&config.state.path)?));
+    let mut opened = DaemonState::open(&config.state.path)?;
+    if let Some(cursor) = opened.adopt_legacy_cursor(first.name())? {
+        tracing::info!(
+            feed = first.name(),
+            cursor,
+            "the database's single feed cursor now belongs to the first feed"
+        );
+    }
+    let state = Arc::new(Mutex::new(opened));
     let rpc = Rpc::connect(
         &config.chain.rpc_url,
         config.chain.chain_id,
@@ -166,9 +180,16 @@ pub async fn run(
             max_gas: policy.max_gas_per_batch,
         },
     )?;
-    tracing::info!(payee = %sender.address(), escrow = %config.chain.escrow, "settlement daemon starting");
-    let feed = FeedClient::new(&config.feed, token.clone())?;
+    tracing::info!(
+        payee = %sender.address(),
+        escrow = %config.chain.escrow,
+        feeds = ?feeds.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "settlement daemon starting"
+    );
     let metrics = Arc::new(Metrics::default());
+    for feed in &feeds {
+        metrics.register_feed(feed.name());
+    }
 
     let listener = tokio::net::TcpListener::bind(config.service.listen)
         .await
@@ -181,8 +202,8 @@ pub async fn run(
         kind: e.kind(),
     })?;
     let tick = config.service.tick();
-    let stale_after =
-        tick * 3 + Duration::from_millis(u64::from(config.feed.wait_ms)) + Duration::from_secs(15);
+    let longest_wait = feeds.iter().map(|f| f.max_wait()).max().unwrap_or_default();
+    let stale_after = tick * 3 + longest_wait + Duration::from_secs(15);
     let server = {
         let app = Router::new()
             .route("/metrics", get(serve_metrics))
@@ -200,27 +221,26 @@ pub async fn run(
     ready(addr);
 
     let wake = Arc::new(Notify::new());
-    let follower = tokio::spawn(follow_feed(
-        feed,
-        Arc::clone(&state),
-        Arc::clone(&metrics),
-        Arc::clone(&wake),
-        shutdown.clone(),
-    ));
+    // One follower per feed: a node that fails only stalls its own feed.
+    let followers: Vec<_> = feeds
+        .iter()
+        .map(|feed| {
+            tokio::spawn(follow_feed(
+                Arc::clone(feed),
+                Arc::clone(&state),
+                Arc::clone(&metrics),
+                Arc::clone(&wake),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
 
     let mut daemon = Daemon {
         policy,
         state: Arc::clone(&state),
         sender,
         metrics,
-        engine: EngineAdmin {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| DaemonError::Feed(FeedClientError::Client(e)))?,
-            base: admin_base,
-            token,
-        },
+        feeds,
         notified: HashSet::new(),
         config,
     };
@@ -239,7 +259,9 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: planning stopped");
-    let _ = follower.await;
+    for follower in followers {
+        let _ = follower.await;
+    }
     let _ = server.await;
     drop(daemon);
     // Every state write was flushed when it returned; dropping the last handle closes sled.
@@ -274,22 +296,23 @@ async fn serve_health(State((metrics, stale)): State<(Arc<Metrics>, Duration)>) 
 }
 
 async fn follow_feed(
-    feed: FeedClient,
+    feed: Arc<dyn SettlementFeed>,
     state: Arc<Mutex<DaemonState>>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let name = feed.name().to_owned();
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let after = match lock(&state).feed_cursor() {
+        let after = match lock(&state).feed_cursor_of(&name) {
             Ok(cursor) => cursor,
             Err(e) => {
-                metrics.feed_failed(e.to_string());
-                tracing::error!(error = %e, "reading the feed cursor");
+                metrics.feed_failed(&name, e.to_string());
+                tracing::error!(feed = %name, error = %e, "reading the feed cursor");
                 return;
             }
         };
@@ -299,21 +322,21 @@ async fn follow_feed(
         };
         let result = fetched.and_then(|page| {
             let next = page.next.get();
-            lock(&state).apply_feed_entries(&page.entries, next, unix_now())?;
+            lock(&state).apply_feed_entries_from(&name, &page.entries, next, unix_now())?;
             Ok((next, page.entries.len()))
         });
         match result {
             Ok((next, entries)) => {
                 backoff = Duration::from_millis(100);
-                metrics.feed_ok(next);
+                metrics.feed_ok(&name, next);
                 if entries > 0 {
-                    tracing::debug!(entries, next, "feed page stored");
+                    tracing::debug!(feed = %name, entries, next, "feed page stored");
                     wake.notify_one();
                 }
             }
             Err(e) => {
-                metrics.feed_failed(e.to_string());
-                tracing::warn!(error = %e, retryable = e.is_retryable(), "feed pull failed");
+                metrics.feed_failed(&name, e.to_string());
+                tracing::warn!(feed = %name, error = %e, retryable = e.is_retryable(), "feed pull failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -705,11 +728,27 @@ impl Daemon {
             }
         }
         for (id, _) in &mined.closed {
-            if self.engine.refresh(id).await {
-                self.notified.insert((*id, 1, 0));
+            for i in self.refresh_targets(id) {
+                if self.feeds[i].refresh(*id).await {
+                    self.notified.insert((*id, 1, 0, i));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The feeds (by index) to tell about `channel`: the ones that delivered it; every feed
+    /// when the state names none (a database written before feeds were remembered).
+    fn refresh_targets(&self, channel: &ChannelId) -> Vec<usize> {
+        let names = lock(&self.state).channel_feeds(channel).unwrap_or_default();
+        let targets: Vec<usize> = (0..self.feeds.len())
+            .filter(|&i| names.iter().any(|n| n == self.feeds[i].name()))
+            .collect();
+        if targets.is_empty() {
+            (0..self.feeds.len()).collect()
+        } else {
+            targets
+        }
     }
 
     async fn notify_engine(&mut self) {
@@ -719,18 +758,22 @@ impl Daemon {
         let mut wanted = BTreeSet::new();
         for id in notify {
             let facts = lock(&self.state).chain_facts(&id).ok().flatten();
-            let key = match facts {
-                Some(f) if f.finalized => (id, 1, 0),
-                Some(f) => (id, 2, f.close_requested_at),
+            let (kind, value) = match facts {
+                Some(f) if f.finalized => (1, 0),
+                Some(f) => (2, f.close_requested_at),
                 None => continue,
             };
-            if !self.notified.contains(&key) {
-                wanted.insert(key);
+            for i in self.refresh_targets(&id) {
+                let key = (id, kind, value, i);
+                if !self.notified.contains(&key) {
+                    wanted.insert(key);
+                }
             }
         }
         for key in wanted {
-            if self.engine.refresh(&key.0).await {
-                tracing::info!(channel = %key.0, finalized = key.1 == 1, "engine told");
+            let feed = &self.feeds[key.3];
+            if feed.refresh(key.0).await {
+                tracing::info!(channel = %key.0, feed = feed.name(), finalized = key.1 == 1, "engine told");
                 self.notified.insert(key);
             } else {
                 self.metrics.error("engine_refresh");

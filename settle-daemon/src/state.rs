@@ -88,7 +88,13 @@ pub enum StateError {
 pub const FORMAT: u8 = 1;
 
 const KEY_FORMAT: &[u8] = b"m/format";
+/// The single feed cursor of databases written before the daemon followed several feeds; see
+/// [`DaemonState::adopt_legacy_cursor`].
 const KEY_CURSOR: &[u8] = b"m/feed_cursor";
+/// Per-feed cursors: this prefix and the feed's name.
+const KEY_CURSOR_OF: &[u8] = b"m/feed_cursor/";
+/// Which feeds delivered a channel: `o`, the channel id, the feed's name (empty value).
+const PREFIX_ORIGIN: u8 = b'o';
 const KEY_BLOCK: &[u8] = b"m/last_block";
 const PREFIX_VOUCHER: u8 = b'v';
 const PREFIX_SUBMISSION: u8 = b's';
@@ -153,9 +159,47 @@ impl DaemonState {
         Ok(Self { db, tree })
     }
 
-    /// Where to resume the feed (0: from the start).
+    /// The single, unnamed feed cursor (0: from the start): the layout of databases written
+    /// before the daemon followed several feeds, still used by [`DaemonState::apply_feed_page`]
+    /// and [`DaemonState::apply_feed_entries`]. The service keeps one cursor per feed
+    /// ([`DaemonState::feed_cursor_of`]) and hands this one to its first feed on start
+    /// ([`DaemonState::adopt_legacy_cursor`]).
     pub fn feed_cursor(&self) -> Result<u64, StateError> {
         self.read_u64(KEY_CURSOR, "feed cursor")
+    }
+
+    /// Where to resume the feed named `feed` (0: from the start).
+    pub fn feed_cursor_of(&self, feed: &str) -> Result<u64, StateError> {
+        self.read_u64(&cursor_key(feed), "feed cursor")
+    }
+
+    /// Hands the single cursor of an older database to the feed named `feed`, in one atomic
+    /// write: the named cursor becomes the higher of the two and the single one is removed.
+    /// Returns the cursor adopted, `None` when there was none (a new database, or done before).
+    pub fn adopt_legacy_cursor(&mut self, feed: &str) -> Result<Option<u64>, StateError> {
+        if self.tree.get(KEY_CURSOR)?.is_none() {
+            return Ok(None);
+        }
+        let legacy = self.feed_cursor()?;
+        let cursor = legacy.max(self.feed_cursor_of(feed)?);
+        let mut batch = sled::Batch::default();
+        batch.insert(cursor_key(feed), &cursor.to_be_bytes());
+        batch.remove(KEY_CURSOR);
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        Ok(Some(legacy))
+    }
+
+    /// The names of the feeds that delivered `channel` (the engine nodes that know it), in
+    /// name order.
+    pub fn channel_feeds(&self, channel: &ChannelId) -> Result<Vec<String>, StateError> {
+        self.tree
+            .scan_prefix(key(PREFIX_ORIGIN, channel))
+            .map(|item| {
+                let (k, _) = item?;
+                String::from_utf8(k[33..].to_vec()).map_err(|_| corrupt("feed origin", &k, k.len()))
+            })
+            .collect()
     }
 
     /// The last escrow block fully processed (0: none).
@@ -412,15 +456,43 @@ impl DaemonState {
     }
 
     /// Stores a feed page (vouchers that grow, each channel's engine facts) and moves the
-    /// cursor to `next`, in one atomic batch. `now` (unix seconds) starts a channel's
-    /// unsettled age when its voucher is above what is known settled.
+    /// single cursor ([`DaemonState::feed_cursor`]) to `next`, in one atomic batch. `now` (unix
+    /// seconds) starts a channel's unsettled age when its voucher is above what is known
+    /// settled.
     pub fn apply_feed_entries(
         &mut self,
         entries: &[sluice_engine::http::feed::FeedEntryDto],
         next: u64,
         now: u64,
     ) -> Result<(), StateError> {
-        let stored = self.feed_cursor()?;
+        self.apply_entries(KEY_CURSOR, None, entries, next, now)
+    }
+
+    /// Stores a page of the feed named `feed` and moves that feed's cursor to `next`, in one
+    /// atomic batch, like [`DaemonState::apply_feed_entries`]; it also records that `feed`
+    /// delivered each channel ([`DaemonState::channel_feeds`]). A channel another feed
+    /// delivered too keeps the most conservative engine facts: the higher voucher (vouchers
+    /// only grow), `closing`/`closed` over `open`, the higher deposit, settled amount and
+    /// close request.
+    pub fn apply_feed_entries_from(
+        &mut self,
+        feed: &str,
+        entries: &[sluice_engine::http::feed::FeedEntryDto],
+        next: u64,
+        now: u64,
+    ) -> Result<(), StateError> {
+        self.apply_entries(&cursor_key(feed), Some(feed), entries, next, now)
+    }
+
+    fn apply_entries(
+        &mut self,
+        cursor_key: &[u8],
+        feed: Option<&str>,
+        entries: &[sluice_engine::http::feed::FeedEntryDto],
+        next: u64,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let stored = self.read_u64(cursor_key, "feed cursor")?;
         if next < stored {
             return Err(StateError::CursorRegression {
                 stored,
@@ -461,7 +533,7 @@ impl DaemonState {
                 0 if voucher_amount > settled => now,
                 since => since,
             };
-            let facts = EngineFacts {
+            let mut facts = EngineFacts {
                 status: match entry.status {
                     sluice_engine::store::ChannelStatus::Opening => EngineStatus::Opening,
                     sluice_engine::store::ChannelStatus::Open => EngineStatus::Open,
@@ -477,13 +549,23 @@ impl DaemonState {
                 close_requested_at: entry.close_requested_at,
                 first_unsettled_at,
             };
+            if let Some(feed) = feed {
+                let others = self
+                    .channel_feeds(&channel)?
+                    .into_iter()
+                    .any(|other| other != feed);
+                if let (true, Some(previous)) = (others, previous) {
+                    facts = merge_engine_facts(&previous, &facts);
+                }
+                batch.insert(origin_key(&channel, feed), &[]);
+            }
             batch.insert(
                 &key(PREFIX_ENGINE, &channel)[..],
                 &encode_engine(&facts)[..],
             );
             engine.insert(channel, facts);
         }
-        batch.insert(KEY_CURSOR, &next.to_be_bytes());
+        batch.insert(cursor_key, &next.to_be_bytes());
         self.tree.apply_batch(batch)?;
         self.flush()
     }
@@ -629,6 +711,46 @@ impl DaemonState {
         batch.remove(&tx_key(tx.nonce)[..]);
         self.tree.apply_batch(batch)?;
         self.flush()
+    }
+}
+
+fn cursor_key(feed: &str) -> Vec<u8> {
+    [KEY_CURSOR_OF, feed.as_bytes()].concat()
+}
+
+fn origin_key(channel: &ChannelId, feed: &str) -> Vec<u8> {
+    [&key(PREFIX_ORIGIN, channel)[..], feed.as_bytes()].concat()
+}
+
+/// How far along a status is; a merge keeps the furthest (a node that saw a close wins).
+const fn status_rank(status: EngineStatus) -> u8 {
+    match status {
+        EngineStatus::Opening => 0,
+        EngineStatus::Open => 1,
+        EngineStatus::Closing => 2,
+        EngineStatus::Closed => 3,
+    }
+}
+
+/// Two nodes' facts about one channel, merged conservatively: the furthest status, the higher
+/// deposit, settled amount and close request; parties from `new`; the earlier unsettled age.
+fn merge_engine_facts(previous: &EngineFacts, new: &EngineFacts) -> EngineFacts {
+    let first_unsettled_at = match (previous.first_unsettled_at, new.first_unsettled_at) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    };
+    EngineFacts {
+        status: if status_rank(previous.status) > status_rank(new.status) {
+            previous.status
+        } else {
+            new.status
+        },
+        deposit: previous.deposit.max(new.deposit),
+        settled: previous.settled.max(new.settled),
+        close_requested_at: previous.close_requested_at.max(new.close_requested_at),
+        first_unsettled_at,
+        ..*new
     }
 }
 

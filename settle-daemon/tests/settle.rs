@@ -231,7 +231,7 @@ async fn health_is_503_with_a_reason_while_the_feed_refuses_the_token() {
         body["reason"]
             .as_str()
             .expect("reason")
-            .starts_with("feed:"),
+            .starts_with("feed default:"),
         "{body}"
     );
     assert!(daemon.terminate().success());

@@ -18,9 +18,12 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn the_example_parses_and_validates() {
     let config = Config::parse(EXAMPLE, no_env()).expect("example config");
-    assert_eq!(config.feed.url, "http://127.0.0.1:9090/feed");
     assert_eq!(
-        config.feed.token.file.as_deref(),
+        config.feed.as_ref().unwrap().url,
+        "http://127.0.0.1:9090/feed"
+    );
+    assert_eq!(
+        config.feed.as_ref().unwrap().token.file.as_deref(),
         Some(Path::new("/etc/sluice/feed-token"))
     );
     assert_eq!(config.chain.chain_id, 31337);
@@ -87,7 +90,10 @@ fn env_overrides_replace_values_of_any_depth() {
     assert_eq!(config.policy.batch_size, 7);
     assert_eq!(config.chain.rpc_url, "http://node:8545");
     assert_eq!(config.policy.min_unsettled_amount, Amount(u128::MAX));
-    assert_eq!(config.feed.token.env.as_deref(), Some("FEED_TOKEN"));
+    assert_eq!(
+        config.feed.as_ref().unwrap().token.env.as_deref(),
+        Some("FEED_TOKEN")
+    );
     assert_eq!(config.chain.escrow, Address::with_last_byte(1));
 }
 
@@ -326,4 +332,146 @@ fn the_config_debug_holds_no_secret() {
     let config = Config::parse(EXAMPLE, no_env()).unwrap();
     let printed = format!("{config:?}");
     assert!(printed.contains("/etc/sluice/payee.key"));
+}
+
+/// The example with its `[feed]` section replaced by `feeds` (TOML text).
+fn with_feeds(feeds: &str) -> String {
+    let start = EXAMPLE.find("[feed]").unwrap();
+    let end = EXAMPLE.find("[chain]").unwrap();
+    format!("{}{feeds}\n{}", &EXAMPLE[..start], &EXAMPLE[end..])
+}
+
+const TWO_FEEDS: &str = r#"
+[[feeds]]
+name = "node-a"
+url = "http://10.0.0.1:9090/feed"
+token.file = "/etc/sluice/feed-token-a"
+
+[[feeds]]
+name = "node-b"
+url = "http://10.0.0.2:9090/feed"
+token.env = "FEED_TOKEN_B"
+page_limit = 100
+wait_ms = 2000
+"#;
+
+#[test]
+fn the_single_feed_form_is_one_feed_named_default() {
+    let config = Config::parse(EXAMPLE, no_env()).unwrap();
+    let feeds = config.http_feeds();
+    assert_eq!(feeds.len(), 1);
+    assert_eq!(feeds[0].0, DEFAULT_FEED_NAME);
+    assert_eq!(feeds[0].1.url, "http://127.0.0.1:9090/feed");
+    let named = Config::parse(
+        &EXAMPLE.replace("[feed]\n", "[feed]\nname = \"main\"\n"),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(named.http_feeds()[0].0, "main");
+}
+
+#[test]
+fn several_feeds_parse_with_their_names_and_defaults() {
+    let config = Config::parse(&with_feeds(TWO_FEEDS), no_env()).expect("two feeds");
+    assert!(config.feed.is_none());
+    let feeds = config.http_feeds();
+    let names: Vec<&str> = feeds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    assert_eq!(feeds[0].1.page_limit, 500, "default page limit");
+    assert_eq!(feeds[0].1.wait_ms, 10_000, "default wait");
+    assert_eq!(
+        feeds[0].1.token.file.as_deref(),
+        Some(Path::new("/etc/sluice/feed-token-a"))
+    );
+    assert_eq!(feeds[1].1.token.env.as_deref(), Some("FEED_TOKEN_B"));
+    assert_eq!((feeds[1].1.page_limit, feeds[1].1.wait_ms), (100, 2000));
+}
+
+#[test]
+fn feed_lists_are_validated_with_typed_errors() {
+    let no_feeds = Config::parse(&with_feeds(""), no_env());
+    assert!(
+        matches!(no_feeds, Err(ConfigError::NoFeeds)),
+        "{no_feeds:?}"
+    );
+    // An embedding provider brings its own feeds: none in the file is allowed there.
+    let embedded = Config::parse_embedded(&with_feeds(""), no_env()).expect("embedded");
+    assert!(embedded.http_feeds().is_empty());
+
+    let both = Config::parse(&format!("{EXAMPLE}\n{TWO_FEEDS}"), no_env());
+    assert!(matches!(both, Err(ConfigError::BothFeedForms)), "{both:?}");
+    // The single form's overrides create `[feed]`: with a list, that is both forms.
+    let override_with_list = Config::parse(
+        &with_feeds(TWO_FEEDS),
+        env(&[("SLUICE_DAEMON_FEED_URL", "http://x/feed")]),
+    );
+    assert!(matches!(
+        override_with_list,
+        Err(ConfigError::BothFeedForms)
+    ));
+    // The list is an array: a section override cannot reach into it.
+    let into_list = Config::parse(
+        &with_feeds(TWO_FEEDS),
+        env(&[("SLUICE_DAEMON_FEEDS_URL", "http://x/feed")]),
+    );
+    assert!(matches!(
+        into_list,
+        Err(ConfigError::OverrideSection { .. })
+    ));
+
+    let same_name = TWO_FEEDS.replace("node-b", "node-a");
+    let err = Config::parse(&with_feeds(&same_name), no_env()).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::DuplicateFeedName { name } if name == "node-a"),
+        "{err}"
+    );
+    let same_url = TWO_FEEDS.replace("10.0.0.2", "10.0.0.1");
+    let err = Config::parse(&with_feeds(&same_url), no_env()).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::DuplicateFeedUrl { url } if url == "http://10.0.0.1:9090/feed"),
+        "{err}"
+    );
+    let unnamed = TWO_FEEDS.replace("name = \"node-b\"\n", "");
+    let err = Config::parse(&with_feeds(&unnamed), no_env()).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::FeedNameMissing { index: 1 }),
+        "{err}"
+    );
+    for bad in ["", "node b", "nöde", &"x".repeat(65), "a/b"] {
+        let renamed = TWO_FEEDS.replace("node-b", bad);
+        let err = Config::parse(&with_feeds(&renamed), no_env()).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::FeedNameInvalid { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    for (from, to, field) in [
+        ("wait_ms = 2000", "wait_ms = 30001", "feeds.wait_ms"),
+        ("page_limit = 100", "page_limit = 0", "feeds.page_limit"),
+        (
+            "url = \"http://10.0.0.2:9090/feed\"",
+            "url = \"file:///feed\"",
+            "feeds.url",
+        ),
+    ] {
+        let err = Config::parse(&with_feeds(&TWO_FEEDS.replace(from, to)), no_env()).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { field: f, .. } if *f == field),
+            "{to}: {err}"
+        );
+    }
+    let two_places = TWO_FEEDS.replace(
+        "token.env = \"FEED_TOKEN_B\"",
+        "token = { env = \"FEED_TOKEN_B\", file = \"/etc/sluice/b\" }",
+    );
+    let err = Config::parse(&with_feeds(&two_places), no_env()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::SecretSourceAmbiguous {
+                field: "feeds.token"
+            }
+        ),
+        "{err}"
+    );
 }

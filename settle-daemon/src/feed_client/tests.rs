@@ -49,6 +49,7 @@ async fn serve(store: Arc<MemoryStore>) -> String {
 
 fn client(url: &str, token: &str, page_limit: u32) -> FeedClient {
     let config = FeedConfig {
+        name: None,
         url: url.to_owned(),
         token: crate::config::SecretSource::default(),
         page_limit,

@@ -389,3 +389,134 @@ fn transaction_records_survive_a_restart_and_finish_atomically() {
     state.record_refused(&id(3), 55).unwrap();
     assert_eq!(state.refused(&id(3)).unwrap(), Some(55));
 }
+
+#[test]
+fn a_single_cursor_database_hands_its_cursor_to_the_first_feed() {
+    use sluice_engine::store::ChannelStatus;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written with the single-cursor API, as the daemon did before it followed several feeds.
+        let mut state = DaemonState::open(dir.path()).unwrap();
+        state
+            .apply_feed_entries(&[entry(1, 42, 100, ChannelStatus::Open)], 42, 1_000)
+            .unwrap();
+        assert_eq!(state.feed_cursor().unwrap(), 42);
+    }
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.feed_cursor_of("a").unwrap(), 0, "not adopted yet");
+    assert_eq!(state.adopt_legacy_cursor("a").unwrap(), Some(42));
+    assert_eq!(state.feed_cursor_of("a").unwrap(), 42);
+    assert_eq!(state.feed_cursor_of("b").unwrap(), 0);
+    assert_eq!(state.feed_cursor().unwrap(), 0, "the single cursor is gone");
+    assert_eq!(
+        state.adopt_legacy_cursor("b").unwrap(),
+        None,
+        "adopted once only"
+    );
+    assert_eq!(state.voucher(&id(1)).unwrap().unwrap().amount, 100);
+    drop(state);
+    let state = DaemonState::open(dir.path()).unwrap();
+    assert_eq!(state.feed_cursor_of("a").unwrap(), 42, "durable");
+    assert_eq!(state.feed_cursor_of("b").unwrap(), 0);
+}
+
+#[test]
+fn each_feed_has_its_own_cursor_moved_with_its_entries() {
+    use sluice_engine::store::ChannelStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    state
+        .apply_feed_entries_from("a", &[entry(1, 5, 100, ChannelStatus::Open)], 5, 1_000)
+        .unwrap();
+    state
+        .apply_feed_entries_from("b", &[entry(2, 3, 70, ChannelStatus::Open)], 3, 1_000)
+        .unwrap();
+    assert_eq!(state.feed_cursor_of("a").unwrap(), 5);
+    assert_eq!(state.feed_cursor_of("b").unwrap(), 3);
+    assert_eq!(state.channel_feeds(&id(1)).unwrap(), ["a"]);
+    assert_eq!(state.channel_feeds(&id(2)).unwrap(), ["b"]);
+    // Feed b's cursor 3 is behind a's 5, yet b moves on its own; b cannot go back.
+    let before = state.engine_channels().unwrap();
+    assert!(matches!(
+        state.apply_feed_entries_from("b", &[entry(3, 2, 9, ChannelStatus::Open)], 2, 2_000),
+        Err(StateError::CursorRegression {
+            stored: 3,
+            proposed: 2
+        })
+    ));
+    assert_eq!(state.engine_channels().unwrap(), before, "nothing written");
+    assert_eq!(state.channel_feeds(&id(3)).unwrap(), Vec::<String>::new());
+    state
+        .apply_feed_entries_from("b", &[entry(3, 9, 9, ChannelStatus::Open)], 9, 2_000)
+        .unwrap();
+    assert_eq!(
+        (
+            state.feed_cursor_of("a").unwrap(),
+            state.feed_cursor_of("b").unwrap()
+        ),
+        (5, 9)
+    );
+}
+
+#[test]
+fn a_channel_two_feeds_deliver_keeps_the_highest_voucher_and_the_furthest_status() {
+    use sluice_engine::store::ChannelStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    let mut closing = entry(1, 4, 300, ChannelStatus::Closing);
+    closing.deposit = 2_000;
+    closing.close_requested_at = 1_700;
+    state
+        .apply_feed_entries_from("a", &[closing], 4, 1_000)
+        .unwrap();
+    // Feed b knows the channel with a lower voucher, still open, a smaller deposit but a higher
+    // settled amount.
+    let mut open = entry(1, 9, 200, ChannelStatus::Open);
+    open.settled = 150;
+    state
+        .apply_feed_entries_from("b", &[open], 9, 2_000)
+        .unwrap();
+    assert_eq!(state.voucher(&id(1)).unwrap().unwrap().amount, 300);
+    let facts = state.engine_facts(&id(1)).unwrap().unwrap();
+    assert_eq!(facts.status, EngineStatus::Closing, "closing wins");
+    assert_eq!(facts.deposit, 2_000, "the higher deposit");
+    assert_eq!(facts.settled, 150, "the higher settled amount");
+    assert_eq!(facts.close_requested_at, 1_700);
+    assert_eq!(facts.first_unsettled_at, 1_000, "the earlier age");
+    assert_eq!(state.channel_feeds(&id(1)).unwrap(), ["a", "b"]);
+    // A higher voucher from b is taken; a closed status from b wins over closing.
+    state
+        .apply_feed_entries_from("b", &[entry(1, 10, 400, ChannelStatus::Closed)], 10, 3_000)
+        .unwrap();
+    assert_eq!(state.voucher(&id(1)).unwrap().unwrap().amount, 400);
+    assert_eq!(
+        state.engine_facts(&id(1)).unwrap().unwrap().status,
+        EngineStatus::Closed
+    );
+    // A later open entry from a cannot undo it.
+    state
+        .apply_feed_entries_from("a", &[entry(1, 6, 400, ChannelStatus::Open)], 6, 4_000)
+        .unwrap();
+    assert_eq!(
+        state.engine_facts(&id(1)).unwrap().unwrap().status,
+        EngineStatus::Closed
+    );
+}
+
+#[test]
+fn one_feed_alone_can_move_a_channel_back_to_open() {
+    use sluice_engine::store::ChannelStatus;
+    // A cancelled close request: the only node that knows the channel says open again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = DaemonState::open(dir.path()).unwrap();
+    state
+        .apply_feed_entries_from("a", &[entry(1, 4, 300, ChannelStatus::Closing)], 4, 1_000)
+        .unwrap();
+    state
+        .apply_feed_entries_from("a", &[entry(1, 5, 300, ChannelStatus::Open)], 5, 1_000)
+        .unwrap();
+    assert_eq!(
+        state.engine_facts(&id(1)).unwrap().unwrap().status,
+        EngineStatus::Open
+    );
+}
