@@ -729,8 +729,12 @@ impl Daemon {
         }
         for (id, _) in &mined.closed {
             for i in self.refresh_targets(id) {
-                if self.feeds[i].refresh(*id).await {
+                let feed = &self.feeds[i];
+                if feed.refresh(*id).await {
+                    tracing::info!(channel = %id, feed = %feed.name(), finalized = true, "engine told");
                     self.notified.insert((*id, 1, 0, i));
+                } else {
+                    self.metrics.error("engine_refresh");
                 }
             }
         }
@@ -773,7 +777,7 @@ impl Daemon {
         for key in wanted {
             let feed = &self.feeds[key.3];
             if feed.refresh(key.0).await {
-                tracing::info!(channel = %key.0, feed = feed.name(), finalized = key.1 == 1, "engine told");
+                tracing::info!(channel = %key.0, feed = %feed.name(), finalized = key.1 == 1, "engine told");
                 self.notified.insert(key);
             } else {
                 self.metrics.error("engine_refresh");

@@ -140,9 +140,124 @@ fn spawn(mut command: Command, log: &Path, name: &'static str, until: &str) -> (
     (proc, lines)
 }
 
+/// Starts the engine's example provider; returns it and its API and admin bases.
+fn spawn_provider(
+    rpc_url: &str,
+    escrow: Address,
+    token: Address,
+    payee: Address,
+    store: &Path,
+    log: &Path,
+) -> (Proc, String, String) {
+    let mut command = Command::new(provider_binary());
+    command
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--rpc-url", rpc_url])
+        .args(["--chain-id", &CHAIN_ID.to_string()])
+        .args(["--escrow", &escrow.to_string()])
+        .args(["--token", &token.to_string()])
+        .args(["--recipient", &payee.to_string()])
+        .arg("--store")
+        .arg(store)
+        .args(["--price", &PRICE.to_string(), "--realm", "daemon.test"])
+        .env(
+            "SLUICE_SECRET",
+            "settle-daemon-tests-secret-0123456789abcdef",
+        );
+    let (proc, lines) = spawn(command, log, "provider", "ADMIN ");
+    let api = lines[0]
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING first")
+        .to_owned();
+    let admin = lines[1].strip_prefix("ADMIN ").expect("ADMIN").to_owned();
+    (proc, api, admin)
+}
+
+/// Where a payer pays: an engine's paid API (`GET|POST {base}/paid`).
+pub trait PaidApi: Sync {
+    /// The paid API's base, `http://addr`.
+    fn api_base(&self) -> &str;
+    /// An HTTP client.
+    fn client(&self) -> &reqwest::Client;
+}
+
+impl PaidApi for World {
+    fn api_base(&self) -> &str {
+        &self.api
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Another engine node (the example provider as a process).
+pub struct Node {
+    proc: Option<Proc>,
+    /// `http://` base of its paid API.
+    pub api: String,
+    /// `http://` base of its admin listener.
+    pub admin: String,
+    http: reqwest::Client,
+}
+
+impl PaidApi for Node {
+    fn api_base(&self) -> &str {
+        &self.api
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl Node {
+    /// SIGKILL: the node is gone (its store stays on disk).
+    pub fn kill(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+    }
+
+    /// The node's view of a channel (admin `GET /channels/{id}`).
+    pub async fn engine_channel(&self, id: B256) -> serde_json::Value {
+        engine_channel_at(&self.http, &self.admin, id).await
+    }
+}
+
+async fn engine_channel_at(http: &reqwest::Client, admin: &str, id: B256) -> serde_json::Value {
+    http.get(format!("{admin}/channels/{id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// A fresh challenge of `{api}/paid`.
+pub async fn challenge_of(api: &impl PaidApi) -> Challenge {
+    let answer = api
+        .client()
+        .get(format!("{}/paid", api.api_base()))
+        .send()
+        .await
+        .expect("402");
+    assert_eq!(answer.status(), 402);
+    let header = answer.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii");
+    parse_www_authenticate(header)
+        .expect("challenge")
+        .into_iter()
+        .next()
+        .expect("one")
+}
+
 /// Anvil, the contracts and the engine's example provider.
 pub struct World {
-    _provider_proc: Proc,
+    _provider_proc: Option<Proc>,
     anvil: AnvilInstance,
     /// Deployer (account 0) provider.
     pub chain: DynProvider,
@@ -166,6 +281,16 @@ pub struct World {
 impl World {
     /// Starts anvil, deploys, starts the provider.
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Starts anvil and deploys; no provider process (`api` and `admin` are empty until the
+    /// test sets them, e.g. to an engine it serves in-process).
+    pub async fn start_chain_only() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(with_provider: bool) -> Self {
         let anvil = Anvil::new()
             .path(anvil_binary().unwrap_or_else(|e| panic!("{e}")))
             .chain_id(CHAIN_ID)
@@ -195,35 +320,22 @@ impl World {
         .address();
         let payee = key(PAYEE_ACCOUNT);
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(provider_binary());
-        command
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--admin-token", ADMIN_TOKEN])
-            .args(["--rpc-url", anvil.endpoint_url().as_str()])
-            .args(["--chain-id", &CHAIN_ID.to_string()])
-            .args(["--escrow", &escrow.to_string()])
-            .args(["--token", &token.to_string()])
-            .args(["--recipient", &payee.address().to_string()])
-            .arg("--store")
-            .arg(dir.path().join("engine-store"))
-            .args(["--price", &PRICE.to_string(), "--realm", "daemon.test"])
-            .env(
-                "SLUICE_SECRET",
-                "settle-daemon-tests-secret-0123456789abcdef",
-            );
-        let (proc, lines) = spawn(
-            command,
-            &dir.path().join("provider.log"),
-            "provider",
-            "ADMIN ",
-        );
-        let api = lines[0]
-            .strip_prefix("LISTENING ")
-            .expect("LISTENING first")
-            .to_owned();
-        let admin = lines[1].strip_prefix("ADMIN ").expect("ADMIN").to_owned();
+        let provider = with_provider.then(|| {
+            spawn_provider(
+                anvil.endpoint_url().as_str(),
+                escrow,
+                token,
+                payee.address(),
+                &dir.path().join("engine-store"),
+                &dir.path().join("provider.log"),
+            )
+        });
+        let (api, admin) = provider
+            .as_ref()
+            .map(|(_, api, admin)| (api.clone(), admin.clone()))
+            .unwrap_or_default();
         Self {
-            _provider_proc: proc,
+            _provider_proc: provider.map(|(proc, _, _)| proc),
             anvil,
             chain,
             escrow,
@@ -235,6 +347,33 @@ impl World {
             http: reqwest::Client::new(),
             daemons: Default::default(),
         }
+    }
+
+    /// A second engine node: the example provider with its own store
+    /// (`engine-store-<name>`, kept across restarts of the same name), same payee and escrow.
+    pub fn start_node(&self, name: &str) -> Node {
+        let (proc, api, admin) = spawn_provider(
+            &self.rpc_url(),
+            self.escrow,
+            self.token,
+            self.payee.address(),
+            &self.dir.path().join(format!("engine-store-{name}")),
+            &self
+                .dir
+                .path()
+                .join(format!("provider-{name}-{}.log", self.next())),
+        );
+        Node {
+            proc: Some(proc),
+            api,
+            admin,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn next(&self) -> usize {
+        self.daemons
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Anvil's JSON-RPC URL.
@@ -332,34 +471,12 @@ impl World {
 
     /// The engine's view of a channel (admin `GET /channels/{id}`).
     pub async fn engine_channel(&self, id: B256) -> serde_json::Value {
-        self.http
-            .get(format!("{}/channels/{id}", self.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin")
-            .json()
-            .await
-            .expect("json")
+        engine_channel_at(&self.http, &self.admin, id).await
     }
 
     /// A fresh challenge of `/paid`.
     pub async fn challenge(&self) -> Challenge {
-        let answer = self
-            .http
-            .get(format!("{}/paid", self.api))
-            .send()
-            .await
-            .expect("402");
-        assert_eq!(answer.status(), 402);
-        let header = answer.headers()["www-authenticate"]
-            .to_str()
-            .expect("ascii");
-        parse_www_authenticate(header)
-            .expect("challenge")
-            .into_iter()
-            .next()
-            .expect("one")
+        challenge_of(self).await
     }
 
     /// Account `index` as a payer with `tokens` minted and approved for the escrow.
@@ -410,9 +527,52 @@ impl World {
 
     /// Writes a `settle.toml` for the daemon (`rpc_url` may be a proxy) and returns its path.
     pub fn daemon_config(&self, rpc_url: &str, settings: &DaemonSettings) -> PathBuf {
-        let n = self
-            .daemons
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let feed = format!(
+            r#"
+[feed]
+url = "{admin}/feed"
+page_limit = 500
+wait_ms = 1000
+
+[feed.token]
+env = "SLUICE_TEST_FEED_TOKEN"
+"#,
+            admin = self.admin
+        );
+        self.write_daemon_config(rpc_url, settings, &feed)
+    }
+
+    /// A `settle.toml` following several nodes (`[[feeds]]`: name and admin base each); none
+    /// gives a configuration for [`sluice_settle_daemon::runner::run_embedded`].
+    pub fn daemon_config_feeds(
+        &self,
+        rpc_url: &str,
+        settings: &DaemonSettings,
+        feeds: &[(&str, &str)],
+    ) -> PathBuf {
+        let mut text = String::new();
+        for (name, admin) in feeds {
+            text.push_str(&format!(
+                r#"
+[[feeds]]
+name = "{name}"
+url = "{admin}/feed"
+page_limit = 500
+wait_ms = 1000
+token.env = "SLUICE_TEST_FEED_TOKEN"
+"#
+            ));
+        }
+        self.write_daemon_config(rpc_url, settings, &text)
+    }
+
+    fn write_daemon_config(
+        &self,
+        rpc_url: &str,
+        settings: &DaemonSettings,
+        feeds: &str,
+    ) -> PathBuf {
+        let n = self.next();
         let dir = self.dir.path();
         let key_file = dir.join("payee.key");
         std::fs::write(
@@ -422,13 +582,7 @@ impl World {
         .expect("key file");
         let text = format!(
             r#"
-[feed]
-url = "{admin}/feed"
-page_limit = 500
-wait_ms = 1000
-
-[feed.token]
-env = "SLUICE_TEST_FEED_TOKEN"
+{feeds}
 
 [chain]
 rpc_url = "{rpc_url}"
@@ -462,7 +616,6 @@ path = "{state}"
 listen = "127.0.0.1:0"
 tick_ms = 100
 "#,
-            admin = self.admin,
             escrow = self.escrow,
             replace = settings.replace_after_secs,
             confirmations = settings.confirmations,
@@ -733,7 +886,13 @@ impl Payer {
 
     /// Opens a channel through the provider (`GET /paid` with an open credential, one unit
     /// charged) with an initial voucher of `initial`; returns the channel id.
-    pub async fn open(&mut self, world: &World, deposit: u128, salt: B256, initial: u128) -> B256 {
+    pub async fn open(
+        &mut self,
+        world: &impl PaidApi,
+        deposit: u128,
+        salt: B256,
+        initial: u128,
+    ) -> B256 {
         let channel = keccak256(
             (
                 self.address(),
@@ -755,7 +914,7 @@ impl Payer {
         };
         let transaction = self.sign_call(self.escrow, call.abi_encode());
         let credential = Credential {
-            challenge: world.challenge().await,
+            challenge: challenge_of(world).await,
             payload: SessionPayload::Open(OpenPayload {
                 channel_id: channel,
                 transaction,
@@ -768,8 +927,8 @@ impl Payer {
         }
         .to_header_value();
         let answer = world
-            .http
-            .get(format!("{}/paid", world.api))
+            .client()
+            .get(format!("{}/paid", world.api_base()))
             .header("authorization", credential)
             .send()
             .await
@@ -783,16 +942,16 @@ impl Payer {
         channel
     }
 
-    async fn management(&self, world: &World, payload: SessionPayload) {
+    async fn management(&self, world: &impl PaidApi, payload: SessionPayload) {
         let credential = Credential {
-            challenge: world.challenge().await,
+            challenge: challenge_of(world).await,
             payload,
             source: None,
         }
         .to_header_value();
         let answer = world
-            .http
-            .post(format!("{}/paid", world.api))
+            .client()
+            .post(format!("{}/paid", world.api_base()))
             .header("authorization", credential)
             .send()
             .await
@@ -806,9 +965,9 @@ impl Payer {
     }
 
     /// Sends a voucher of `amount`; returns the HTTP status (204 when accepted).
-    pub async fn try_voucher(&self, world: &World, channel: B256, amount: u128) -> u16 {
+    pub async fn try_voucher(&self, world: &impl PaidApi, channel: B256, amount: u128) -> u16 {
         let credential = Credential {
-            challenge: world.challenge().await,
+            challenge: challenge_of(world).await,
             payload: SessionPayload::Voucher(VoucherPayload {
                 channel_id: channel,
                 cumulative_amount: amount,
@@ -819,8 +978,8 @@ impl Payer {
         }
         .to_header_value();
         world
-            .http
-            .post(format!("{}/paid", world.api))
+            .client()
+            .post(format!("{}/paid", world.api_base()))
             .header("authorization", credential)
             .send()
             .await
@@ -830,7 +989,7 @@ impl Payer {
     }
 
     /// Sends a voucher of `amount` (management `POST /paid`, nothing charged).
-    pub async fn voucher(&self, world: &World, channel: B256, amount: u128) {
+    pub async fn voucher(&self, world: &impl PaidApi, channel: B256, amount: u128) {
         let payload = SessionPayload::Voucher(VoucherPayload {
             channel_id: channel,
             cumulative_amount: amount,
@@ -841,7 +1000,7 @@ impl Payer {
     }
 
     /// Closes cooperatively with a final voucher of `amount`.
-    pub async fn close(&self, world: &World, channel: B256, amount: u128) {
+    pub async fn close(&self, world: &impl PaidApi, channel: B256, amount: u128) {
         let payload = SessionPayload::Close(VoucherPayload {
             channel_id: channel,
             cumulative_amount: amount,
