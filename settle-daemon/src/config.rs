@@ -191,6 +191,14 @@ const SECP256K1_ORDER: [u8; 32] = [
 pub struct SigningKey([u8; 32]);
 
 impl SigningKey {
+    /// The account this key signs for (the payee's address, e.g. an embedding provider's
+    /// `EngineConfig` recipient).
+    pub fn address(&self) -> Result<Address, ConfigError> {
+        alloy::signers::local::PrivateKeySigner::from_slice(&self.0)
+            .map(|signer| signer.address())
+            .map_err(|_| ConfigError::KeyOutOfRange)
+    }
+
     /// Parses 64 hex digits (`0x` optional) into a key in `1..n`.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let digits = text.strip_prefix("0x").unwrap_or(text);

@@ -219,12 +219,7 @@ impl<S: ChannelStore + 'static, C: ChainClient + 'static> EmbeddedFeed<S, C> {
     }
 
     async fn notify(&self, channel: ChannelId) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .and_then(Timestamp::from_unix_millis);
-        let Some(now) = now else {
+        let Some(now) = Timestamp::from_system_time(std::time::SystemTime::now()) else {
             return false;
         };
         match self.engine.refresh_channel(&channel, now).await {

@@ -251,6 +251,13 @@ fn keys_load_from_a_file_and_never_print() {
     let key = source.load_key().expect("key");
     assert_eq!(key.to_bytes()[0], 0xac);
     assert_eq!(key.to_bytes()[31], 0x80);
+    // Anvil's first account.
+    assert_eq!(
+        key.address().unwrap(),
+        "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+            .parse::<Address>()
+            .unwrap()
+    );
     let printed = format!("{key:?} {:?}", Some(&key));
     assert!(
         !printed.to_ascii_lowercase().contains("ac0974"),
