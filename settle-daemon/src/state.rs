@@ -84,6 +84,9 @@ pub enum StateError {
     },
 }
 
+/// How long [`DaemonState::open`] waits for a directory lock that is still held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The on-disk format this code reads and writes.
 pub const FORMAT: u8 = 1;
 
@@ -139,9 +142,28 @@ pub struct DaemonState {
 }
 
 impl DaemonState {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`. If its directory lock is still held, waits
+    /// up to 2 s: sled 0.34 releases it only after background work that outlives the last
+    /// handle, so a reopen right after a close in the same process (an embedding provider
+    /// restarting the daemon, a test) would otherwise fail for a moment. Another process
+    /// holding the database still gets the error after the wait.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = sled::open(path)?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                // sled 0.34 reports a held lock as an `Other` I/O error named only by this
+                // message prefix (the engine's store classifies it the same way).
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    // sled offers no event for the lock's release.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = db.open_tree("daemon")?;
         match tree.get(KEY_FORMAT)? {
             None => {
