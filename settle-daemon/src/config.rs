@@ -643,6 +643,14 @@ impl Config {
                     "must be an http(s) URL",
                 );
             }
+            // The engine's admin routes (refresh notifications) live beside `/feed`.
+            if !feed.url.ends_with("/feed") {
+                return invalid(
+                    field("feed.url", "feeds.url"),
+                    feed.url.clone(),
+                    "must end in /feed (the engine's admin listener)",
+                );
+            }
             if !(1..=1000).contains(&feed.page_limit) {
                 return invalid(
                     field("feed.page_limit", "feeds.page_limit"),

@@ -147,6 +147,11 @@ fn invalid_values_are_refused_naming_the_field() {
             "feed.url",
         ),
         (
+            "url = \"http://127.0.0.1:9090/feed\"",
+            "url = \"http://127.0.0.1:9090/\"",
+            "feed.url",
+        ),
+        (
             "escrow = \"0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512\"",
             "escrow = \"0x0000000000000000000000000000000000000000\"",
             "chain.escrow",
