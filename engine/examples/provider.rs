@@ -85,6 +85,12 @@ struct Args {
     /// How long a paused stream waits for a voucher, in milliseconds.
     #[arg(long, env = "SLUICE_STREAM_WAIT_MS", default_value_t = 60_000)]
     stream_wait_ms: u64,
+    /// Units a metered stream charges per durable store update (1: every token durably before
+    /// it is sent; K > 1: up to K tokens reserved at once, the unused rest given back when the
+    /// stream ends; a crash can leave up to K − 1 unserved units charged).
+    #[arg(long, env = "SLUICE_SSE_CHARGE_BATCH", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sse_charge_batch: u64,
     /// Suggest the latest opened channel to requests without a credential (single-payer demos
     /// and the mppx interop test only).
     #[arg(long, env = "SLUICE_SUGGEST_LATEST_CHANNEL")]
@@ -160,6 +166,7 @@ fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
     let stream_options = PaymentOptions {
         units_per_request: 0,
         stream_voucher_wait: Duration::from_millis(args.stream_wait_ms),
+        stream_charge_batch: args.sse_charge_batch,
         ..options.clone()
     };
     let paid = Router::new()
