@@ -658,3 +658,73 @@ async fn a_stream_stops_at_the_deposit_or_the_cap_with_a_typed_error() {
     assert_eq!(amount(&view, "spent"), 5 * PRICE);
     assert_eq!(amount(&view, "acceptedCumulative"), 5 * PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_stream_bills_the_client_exactly_what_it_received() {
+    let chain = TestChain::start().await;
+    // The provider's metered stream reserves up to 8 tokens per durable update.
+    let provider = ExampleProvider::start(
+        &chain,
+        chain.account(9).address(),
+        PRICE,
+        &["--stream-wait-ms", "20000", "--sse-charge-batch", "8"],
+    );
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 200 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 100 * PRICE;
+    // Vouchers 5 tokens ahead: reservations of up to 6 tokens, pauses in mid-batch.
+    config.sign_ahead = 5 * PRICE;
+    let client = PayerClient::new(config).unwrap();
+
+    const TOKENS: u64 = 30;
+    let mut seen = Vec::new();
+    let summary = client
+        .stream(&provider.url(&format!("/stream?tokens={TOKENS}")), |data| {
+            seen.push(data.to_owned());
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..TOKENS).map(|i| format!("token {i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(summary.data_events, TOKENS);
+    assert!(summary.vouchers_posted > 0, "{summary:?}");
+    let total = u128::from(TOKENS) * PRICE;
+    // Signed ahead, but never more than one voucher's headroom beyond what was served.
+    assert!(summary.cumulative >= total, "{summary:?}");
+    assert!(summary.cumulative <= total + 6 * PRICE, "{summary:?}");
+
+    // The client owes exactly what it received: no receipt reported an unserved reservation.
+    let channel = only_channel(&client);
+    assert_eq!(channel.owed, total, "the final receipt");
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), total);
+    assert_eq!(view["units"], TOKENS);
+    assert_eq!(amount(&view, "acceptedCumulative"), summary.cumulative);
+    assert!(amount(&view, "acceptedCumulative") <= amount(&view, "deposit"));
+
+    // Out of deposit mid-stream: the client stops at the deposit; the server charged what it
+    // sent and nothing stays reserved.
+    let payer = chain.account(6);
+    chain.mint(payer.address(), 10 * PRICE).await;
+    let mut small = self::config(&chain, &payer);
+    small.deposit = 3 * PRICE;
+    let client = PayerClient::new(small).unwrap();
+    let mut received = 0u32;
+    match client
+        .stream(&provider.url("/stream?tokens=10"), |_| received += 1)
+        .await
+    {
+        Err(ClientError::DepositExhausted {
+            deposit, required, ..
+        }) => assert_eq!((deposit, required), (3 * PRICE, 4 * PRICE)),
+        other => panic!("expected DepositExhausted, got {other:?}"),
+    }
+    assert_eq!(received, 3);
+    let channel = only_channel(&client);
+    // No final receipt came; the receipts it saw never reported more than it received.
+    assert!(channel.owed <= 3 * PRICE, "{channel:?}");
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 3 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 3 * PRICE);
+}
