@@ -6,8 +6,8 @@
 //!
 //! - `GET /paid`: a handler behind `PaymentLayer` (one unit per request, charged durably before
 //!   the handler runs); `GET /free`: the same handler without the layer;
-//! - `GET /stream?tokens=T`: `SseMeter` behind `PaymentLayer::metered` (one unit per token,
-//!   charged before each event); `GET /free-stream?tokens=T`: the same token stream, same bytes
+//! - `GET /stream-k{K}?tokens=T`: `SseMeter` behind `PaymentLayer::metered(..).charge_batch(K)`
+//!   (one unit per token, charged before each event, K units per durable update); `GET /free-stream?tokens=T`: the same token stream, same bytes
 //!   per event, without payment.
 //!
 //! It opens `channels` channels with real payer-signed transactions (8 payers on anvil accounts
@@ -25,11 +25,13 @@
 //!   unpaid stream; tokens/s ratio.
 //!
 //! ```text
-//! cargo run --release -p sluice-engine --example load_p3_p6 -- [requests-per-connection-per-phase] [sse-tokens-per-stream] [group|none]
+//! cargo run --release -p sluice-engine --example load_p3_p6 -- [requests-per-connection-per-phase] [sse-tokens-per-stream] [group|none] [K[,K...]]
 //! ```
 //!
 //! Defaults: 300 requests, 20,000 tokens, `group` (sled with group commit, the production
-//! default); `none` acknowledges writes without flushing, to separate the flush from the rest.
+//! default), K = 1; `none` acknowledges writes without flushing, to separate the flush from the
+//! rest. `K[,K...]` runs P6 once per metered charge batch size (`PaymentLayer::charge_batch`,
+//! route `/stream-k{K}`), each on fresh channels; 0 requests skips P3.
 //! Client and server share the same 2-worker tokio runtime (and the machine's cores).
 
 #[path = "../tests/support/mod.rs"]
@@ -452,16 +454,23 @@ async fn read_free_stream(client: reqwest::Client, url: String, tokens: u32) -> 
     messages
 }
 
-async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u32) {
+async fn p6(
+    h: &Harness<SledStore>,
+    stream_route: &Route,
+    base: &str,
+    tokens: u32,
+    batch: u64,
+    salt_base: u8,
+) {
     let rounds = 2;
     let deposit = PRICE * (u128::from(tokens) * (rounds as u128 + 1) + 4 * N);
-    let channels = open_channels(h, deposit, 100, STREAMS / PAYERS).await;
+    let channels = open_channels(h, deposit, salt_base, STREAMS / PAYERS).await;
     let challenge = h
         .engine
         .challenge(stream_route, now(), None)
         .expect("challenge");
     println!(
-        "\n## P6: {STREAMS} concurrent streams × {tokens} tokens, a voucher every {N} tokens (signed {N} ahead)\n"
+        "\n## P6: {STREAMS} concurrent streams × {tokens} tokens, a voucher every {N} tokens (signed {N} ahead), charge batch K = {batch}\n"
     );
     println!("| round | unpaid tokens/s | metered tokens/s | ratio | pauses (need-voucher) |");
     println!("|---|---:|---:|---:|---:|");
@@ -498,7 +507,7 @@ async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u3
                 let challenge = challenge.clone();
                 let sc = stream_clients[i].clone();
                 let pc = post_clients[i].clone();
-                let url = format!("{base}/stream?tokens={round_tokens}");
+                let url = format!("{base}/stream-k{batch}?tokens={round_tokens}");
                 tokio::spawn(async move {
                     let (messages, pauses) =
                         read_metered_stream(sc, pc, url, &mut channel, &challenge, round_tokens)
@@ -525,8 +534,12 @@ async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u3
             paid_rate / free_rate
         );
     }
+    // Every stream ran to its receipt, so every reservation was given back: spent is exactly
+    // the tokens served.
+    let served = u128::from(tokens / 10) + rounds as u128 * u128::from(tokens);
     for c in &carried {
         let record = h.record(&c.id).expect("channel");
+        assert_eq!(record.spent, served * PRICE, "spent is what was served");
         assert!(record.spent <= record.accepted_cumulative);
         assert!(record.accepted_cumulative <= record.deposit);
     }
@@ -626,6 +639,18 @@ fn main() {
         Some("none") => Durability::None,
         Some(other) => panic!("durability is `group` or `none`, not {other:?}"),
     };
+    let batches: Vec<u64> = args.next().map_or_else(
+        || vec![1],
+        |list| {
+            list.split(',')
+                .map(|k| k.parse().expect("charge batch sizes: K[,K...], each >= 1"))
+                .collect()
+        },
+    );
+    assert!(
+        !batches.is_empty() && batches.len() <= 8 && batches.iter().all(|&k| k >= 1),
+        "one to eight charge batch sizes, each >= 1"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -644,19 +669,25 @@ fn main() {
         let mut stream_price = RoutePrice::new(PRICE, "llm_token");
         stream_price.route_id = Some("stream".into());
         let stream_route = h.engine.route(stream_price).expect("stream route");
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/paid", get(content))
             .route_layer(PaymentLayer::new(Arc::clone(&h.engine), h.route.clone()))
-            .merge(
-                Router::new()
-                    .route("/stream", get(metered_stream).post(metered_stream))
-                    .route_layer(PaymentLayer::metered(
-                        Arc::clone(&h.engine),
-                        stream_route.clone(),
-                    )),
-            )
             .route("/free", get(content))
             .route("/free-stream", get(free_stream));
+        // One metered route per batch size: `/stream-k{K}`.
+        for &k in &batches {
+            app = app.merge(
+                Router::new()
+                    .route(
+                        &format!("/stream-k{k}"),
+                        get(metered_stream).post(metered_stream),
+                    )
+                    .route_layer(
+                        PaymentLayer::metered(Arc::clone(&h.engine), stream_route.clone())
+                            .charge_batch(k),
+                    ),
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -665,7 +696,12 @@ fn main() {
         println!(
             "load_p3_p6: sled ({durability:?}), anvil, loopback, client and server on one 2-worker tokio runtime"
         );
-        p3(&h, &base, per_conn).await;
-        p6(&h, &stream_route, &base, tokens).await;
+        if per_conn > 0 {
+            p3(&h, &base, per_conn).await;
+        }
+        for (i, &k) in batches.iter().enumerate() {
+            let salt_base = 100 + 8 * u8::try_from(i).expect("at most 8 batch sizes");
+            p6(&h, &stream_route, &base, tokens, k, salt_base).await;
+        }
     });
 }

@@ -728,3 +728,61 @@ async fn a_batched_stream_bills_the_client_exactly_what_it_received() {
     assert_eq!(amount(&view, "spent"), 3 * PRICE);
     assert_eq!(amount(&view, "acceptedCumulative"), 3 * PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_batch_leaves_at_most_one_batch_charged_beyond_what_was_sent() {
+    const K: u128 = 10;
+    let chain = TestChain::start().await;
+    let payee = chain.account(9).address();
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().join("store");
+    let flags = ["--stream-wait-ms", "20000", "--sse-charge-batch", "10"];
+    let mut provider =
+        ExampleProvider::start_in(&chain, payee, PRICE, "127.0.0.1:0", &path, &flags);
+    let payer = chain.account(7);
+    chain.mint(payer.address(), 1_000 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 500 * PRICE;
+    // One voucher covers the whole stream: reservations are whole batches of 10.
+    config.sign_ahead = 100 * PRICE;
+    let client = PayerClient::new(config).unwrap();
+
+    // A token every 20 ms; the provider is killed (SIGKILL) once 15 have arrived, in the middle
+    // of the second reservation (tokens 10–19).
+    let (count, mut received) = tokio::sync::watch::channel(0u128);
+    let url = provider.url("/stream?tokens=90&delay_ms=20");
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .stream(&url, move |_| count.send_modify(|n| *n += 1))
+                .await
+        }
+    });
+    received.wait_for(|&n| n >= 15).await.unwrap();
+    provider.kill();
+    assert!(task.await.unwrap().is_err(), "the stream breaks");
+    let received = *received.borrow();
+
+    // Restarted on the same store: what is durable is what the dead process charged.
+    let provider = ExampleProvider::start_in(&chain, payee, PRICE, "127.0.0.1:0", &path, &flags);
+    let channel = only_channel(&client);
+    let view = provider.channel(channel.id).await.unwrap();
+    let spent = amount(&view, "spent");
+    let accepted = amount(&view, "acceptedCumulative");
+    // Persist before serve: every token received was charged durably.
+    assert!(
+        spent >= received * PRICE,
+        "spent {spent}, {received} received"
+    );
+    // The unserved rest of one reservation at most (K units: K − 1 of the batch plus, as with
+    // K = 1, the token that may have been in flight at the kill).
+    assert!(
+        spent - received * PRICE <= K * PRICE,
+        "spent {spent}, {received} received"
+    );
+    assert!(spent <= accepted && accepted <= amount(&view, "deposit"));
+    // Within what the payer signed, and no receipt told the client it owed unserved tokens.
+    assert!(accepted <= channel.signed);
+    assert!(channel.owed <= received * PRICE, "{channel:?}");
+}
