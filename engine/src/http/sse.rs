@@ -1,4 +1,5 @@
-//! Metered server-sent events: one unit charged per event, pausing for vouchers.
+//! Metered server-sent events: one unit charged per event (durably, one by one or in batches),
+//! pausing for vouchers.
 //!
 //! A handler behind a [`PaymentLayer::metered`](super::PaymentLayer::metered) route takes an
 //! [`SseMeter`] and turns its content stream into the response with [`SseMeter::stream`].
@@ -15,7 +16,17 @@
 //! connection takes the previous one, so a consumer that stops reading stops being charged and
 //! holds no task, only its connection. Dropping the connection drops the stream (and any wait).
 //!
+//! **Batches.** With [`PaymentOptions::stream_charge_batch`] K > 1 the meter charges up to K
+//! units the vouchers cover in one durable update (its reservation) when the reservation is
+//! empty, sends that many events without touching the store, and gives the unused rest back
+//! with one durable update when the stream ends (before the final receipt; from a spawned task
+//! if the stream is dropped). Receipts and need-voucher events report what was served, never
+//! the reservation. A crash leaves at most K units charged but unserved (K = 1: the one unit
+//! of the event in flight, as before); other requests on the channel see the reservation as
+//! spent while it is held.
+//!
 //! [`PaymentOptions::stream_voucher_wait`]: super::PaymentOptions::stream_voucher_wait
+//! [`PaymentOptions::stream_charge_batch`]: super::PaymentOptions::stream_charge_batch
 
 use std::convert::Infallible;
 use std::fmt;
