@@ -68,7 +68,8 @@ impl<S: ChannelStore + 'static, C: ChainClient> PaymentLayer<S, C> {
     }
 
     /// A layer for a metered stream: nothing is charged up front; the handler's
-    /// [`SseMeter`](super::SseMeter) charges one unit per event.
+    /// [`SseMeter`](super::SseMeter) charges one unit per event, one durable update per event
+    /// unless [`charge_batch`](Self::charge_batch) says otherwise.
     pub fn metered(engine: Arc<Engine<S, C>>, route: Route) -> Self {
         Self::with_options(
             engine,

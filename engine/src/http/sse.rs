@@ -377,14 +377,13 @@ impl Metered {
                 Err(error) => Err(error),
             }
         } else {
-            let released = ctx
-                .engine
+            // Taken before the release is applied (on its first poll, with no await in
+            // between), so a stream dropped while the release waits for durability does not
+            // release the same units again from its drop.
+            self.reservation.units = 0;
+            ctx.engine
                 .release_units(&ctx.route, &channel, unused, now())
-                .await;
-            if released.is_ok() {
-                self.reservation.units = 0;
-            }
-            released
+                .await
         };
         match record.and_then(|record| self.meter.served_receipt(&record, self.reservation.units)) {
             Ok(event) => event,
