@@ -6,8 +6,8 @@
 //!
 //! - `GET /paid`: a handler behind `PaymentLayer` (one unit per request, charged durably before
 //!   the handler runs); `GET /free`: the same handler without the layer;
-//! - `GET /stream?tokens=T`: `SseMeter` behind `PaymentLayer::metered` (one unit per token,
-//!   charged before each event); `GET /free-stream?tokens=T`: the same token stream, same bytes
+//! - `GET /stream-k{K}?tokens=T`: `SseMeter` behind `PaymentLayer::metered(..).charge_batch(K)`
+//!   (one unit per token, charged before each event, K units per durable update); `GET /free-stream?tokens=T`: the same token stream, same bytes
 //!   per event, without payment.
 //!
 //! It opens `channels` channels with real payer-signed transactions (8 payers on anvil accounts
@@ -25,11 +25,15 @@
 //!   unpaid stream; tokens/s ratio.
 //!
 //! ```text
-//! cargo run --release -p sluice-engine --example load_p3_p6 -- [requests-per-connection-per-phase] [sse-tokens-per-stream] [group|none]
+//! cargo run --release -p sluice-engine --example load_p3_p6 -- [requests-per-connection-per-phase] [sse-tokens-per-stream] [group|none] [K[,K...]] [serial|pipelined]
 //! ```
 //!
 //! Defaults: 300 requests, 20,000 tokens, `group` (sled with group commit, the production
-//! default); `none` acknowledges writes without flushing, to separate the flush from the rest.
+//! default), K = 1; `none` acknowledges writes without flushing, to separate the flush from the
+//! rest. `K[,K...]` runs P6 once per metered charge batch size (`PaymentLayer::charge_batch`,
+//! route `/stream-k{K}`), each on fresh channels; 0 requests skips P3. `serial` (the default)
+//! awaits each voucher POST before reading on; `pipelined` POSTs from a separate task per stream
+//! (in order, skipping to the highest amount queued) while the reader goes on.
 //! Client and server share the same 2-worker tokio runtime (and the machine's cores).
 
 #[path = "../tests/support/mod.rs"]
@@ -174,6 +178,7 @@ async fn run_phase(
 }
 
 /// An open channel, the payer's voucher key, and the last voucher amount signed.
+#[derive(Clone)]
 struct Channel {
     id: B256,
     payer: Address,
@@ -452,16 +457,25 @@ async fn read_free_stream(client: reqwest::Client, url: String, tokens: u32) -> 
     messages
 }
 
-async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u32) {
+async fn p6(
+    h: &Harness<SledStore>,
+    stream_route: &Route,
+    base: &str,
+    tokens: u32,
+    batch: u64,
+    salt_base: u8,
+    pipelined: bool,
+) {
     let rounds = 2;
     let deposit = PRICE * (u128::from(tokens) * (rounds as u128 + 1) + 4 * N);
-    let channels = open_channels(h, deposit, 100, STREAMS / PAYERS).await;
+    let channels = open_channels(h, deposit, salt_base, STREAMS / PAYERS).await;
     let challenge = h
         .engine
         .challenge(stream_route, now(), None)
         .expect("challenge");
     println!(
-        "\n## P6: {STREAMS} concurrent streams × {tokens} tokens, a voucher every {N} tokens (signed {N} ahead)\n"
+        "\n## P6: {STREAMS} concurrent streams × {tokens} tokens, a voucher every {N} tokens (signed {N} ahead), charge batch K = {batch}, {} voucher POSTs\n",
+        if pipelined { "pipelined" } else { "serial" }
     );
     println!("| round | unpaid tokens/s | metered tokens/s | ratio | pauses (need-voucher) |");
     println!("|---|---:|---:|---:|---:|");
@@ -498,11 +512,18 @@ async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u3
                 let challenge = challenge.clone();
                 let sc = stream_clients[i].clone();
                 let pc = post_clients[i].clone();
-                let url = format!("{base}/stream?tokens={round_tokens}");
+                let url = format!("{base}/stream-k{batch}?tokens={round_tokens}");
                 tokio::spawn(async move {
-                    let (messages, pauses) =
-                        read_metered_stream(sc, pc, url, &mut channel, &challenge, round_tokens)
-                            .await;
+                    let (messages, pauses) = read_metered_stream(
+                        sc,
+                        pc,
+                        url,
+                        &mut channel,
+                        &challenge,
+                        round_tokens,
+                        pipelined,
+                    )
+                    .await;
                     (channel, messages, pauses)
                 })
             })
@@ -525,8 +546,12 @@ async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u3
             paid_rate / free_rate
         );
     }
+    // Every stream ran to its receipt, so every reservation was given back: spent is exactly
+    // the tokens served.
+    let served = u128::from(tokens / 10) + rounds as u128 * u128::from(tokens);
     for c in &carried {
         let record = h.record(&c.id).expect("channel");
+        assert_eq!(record.spent, served * PRICE, "spent is what was served");
         assert!(record.spent <= record.accepted_cumulative);
         assert!(record.accepted_cumulative <= record.deposit);
     }
@@ -536,8 +561,98 @@ async fn p6(h: &Harness<SledStore>, stream_route: &Route, base: &str, tokens: u3
     );
 }
 
+/// POSTs vouchers for the amounts it receives, one at a time and in order, skipping to the
+/// highest amount queued (a pipelined client: the reader does not wait for the POST).
+async fn post_vouchers(
+    post_client: reqwest::Client,
+    url: String,
+    channel: Channel,
+    challenge: Challenge,
+    mut amounts: tokio::sync::mpsc::UnboundedReceiver<u128>,
+) {
+    let mut posted = 0;
+    while let Some(mut amount) = amounts.recv().await {
+        while let Ok(more) = amounts.try_recv() {
+            amount = amount.max(more);
+        }
+        if amount <= posted {
+            continue;
+        }
+        let post = post_client
+            .post(&url)
+            .header("authorization", channel.voucher(&challenge, amount))
+            .send()
+            .await
+            .expect("voucher post");
+        assert_eq!(post.status(), 204);
+        posted = amount;
+    }
+}
+
+/// Sends vouchers for a stream: awaited inline (serial) or through a [`post_vouchers`] task.
+struct Poster {
+    post_client: reqwest::Client,
+    url: String,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<u128>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Poster {
+    fn new(
+        post_client: reqwest::Client,
+        url: &str,
+        channel: &Channel,
+        challenge: &Challenge,
+        pipelined: bool,
+    ) -> Self {
+        let (queue, task) = if pipelined {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(post_vouchers(
+                post_client.clone(),
+                url.to_owned(),
+                channel.clone(),
+                challenge.clone(),
+                rx,
+            ));
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+        Self {
+            post_client,
+            url: url.to_owned(),
+            queue,
+            task,
+        }
+    }
+
+    async fn post(&self, channel: &Channel, challenge: &Challenge, amount: u128) {
+        match &self.queue {
+            Some(queue) => queue.send(amount).expect("poster task runs"),
+            None => {
+                let post = self
+                    .post_client
+                    .post(&self.url)
+                    .header("authorization", channel.voucher(challenge, amount))
+                    .send()
+                    .await
+                    .expect("voucher post");
+                assert_eq!(post.status(), 204);
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        drop(self.queue.take());
+        if let Some(task) = self.task.take() {
+            task.await.expect("poster task");
+        }
+    }
+}
+
 /// Reads a metered stream of `tokens` to its end, POSTing a voucher every `N` tokens read,
-/// `N` units ahead. Vouchers are cumulative over the channel's life, so the stream's amounts
+/// `N` units ahead (awaiting each POST before reading on, or, `pipelined`, from a separate task
+/// while reading on). Vouchers are cumulative over the channel's life, so the stream's amounts
 /// start at `channel.next` (what earlier streams were paid); leaves `channel.next` at the new
 /// accepted amount. Returns the message events and the pauses (need-voucher events).
 async fn read_metered_stream(
@@ -547,7 +662,9 @@ async fn read_metered_stream(
     channel: &mut Channel,
     challenge: &Challenge,
     tokens: u32,
+    pipelined: bool,
 ) -> (u64, u64) {
+    let poster = Poster::new(post_client, &url, channel, challenge, pipelined);
     let offset = channel.next;
     let total = offset + u128::from(tokens) * PRICE;
     let mut next = (offset + 2 * N * PRICE).min(total).max(offset + PRICE);
@@ -571,13 +688,7 @@ async fn read_metered_stream(
                 messages += 1;
                 if messages.is_multiple_of(N as u64) && next < total {
                     next = (next + N * PRICE).min(total);
-                    let post = post_client
-                        .post(&url)
-                        .header("authorization", channel.voucher(challenge, next))
-                        .send()
-                        .await
-                        .expect("voucher post");
-                    assert_eq!(post.status(), 204);
+                    poster.post(channel, challenge, next).await;
                 }
             } else if event.starts_with("event: payment-need-voucher\n") {
                 // The server ran ahead of what this client has read (socket buffers): answer
@@ -593,13 +704,7 @@ async fn read_metered_stream(
                     .and_then(|r| r.parse().ok())
                     .expect("requiredCumulative");
                 next = (required.max(next) + N * PRICE).min(total);
-                let post = post_client
-                    .post(&url)
-                    .header("authorization", channel.voucher(challenge, next))
-                    .send()
-                    .await
-                    .expect("voucher post");
-                assert_eq!(post.status(), 204);
+                poster.post(channel, challenge, next).await;
             } else if event.starts_with("event: payment-receipt\n") {
                 receipt = true;
             } else {
@@ -607,6 +712,7 @@ async fn read_metered_stream(
             }
         }
     }
+    poster.finish().await;
     assert_eq!(messages, u64::from(tokens));
     assert!(receipt, "a paid stream ends with a receipt");
     channel.next = next;
@@ -626,6 +732,23 @@ fn main() {
         Some("none") => Durability::None,
         Some(other) => panic!("durability is `group` or `none`, not {other:?}"),
     };
+    let batches: Vec<u64> = args.next().map_or_else(
+        || vec![1],
+        |list| {
+            list.split(',')
+                .map(|k| k.parse().expect("charge batch sizes: K[,K...], each >= 1"))
+                .collect()
+        },
+    );
+    assert!(
+        !batches.is_empty() && batches.len() <= 8 && batches.iter().all(|&k| k >= 1),
+        "one to eight charge batch sizes, each >= 1"
+    );
+    let pipelined = match args.next().as_deref() {
+        None | Some("serial") => false,
+        Some("pipelined") => true,
+        Some(other) => panic!("voucher POSTs are `serial` or `pipelined`, not {other:?}"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -644,19 +767,25 @@ fn main() {
         let mut stream_price = RoutePrice::new(PRICE, "llm_token");
         stream_price.route_id = Some("stream".into());
         let stream_route = h.engine.route(stream_price).expect("stream route");
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/paid", get(content))
             .route_layer(PaymentLayer::new(Arc::clone(&h.engine), h.route.clone()))
-            .merge(
-                Router::new()
-                    .route("/stream", get(metered_stream).post(metered_stream))
-                    .route_layer(PaymentLayer::metered(
-                        Arc::clone(&h.engine),
-                        stream_route.clone(),
-                    )),
-            )
             .route("/free", get(content))
             .route("/free-stream", get(free_stream));
+        // One metered route per batch size: `/stream-k{K}`.
+        for &k in &batches {
+            app = app.merge(
+                Router::new()
+                    .route(
+                        &format!("/stream-k{k}"),
+                        get(metered_stream).post(metered_stream),
+                    )
+                    .route_layer(
+                        PaymentLayer::metered(Arc::clone(&h.engine), stream_route.clone())
+                            .charge_batch(k),
+                    ),
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -665,7 +794,12 @@ fn main() {
         println!(
             "load_p3_p6: sled ({durability:?}), anvil, loopback, client and server on one 2-worker tokio runtime"
         );
-        p3(&h, &base, per_conn).await;
-        p6(&h, &stream_route, &base, tokens).await;
+        if per_conn > 0 {
+            p3(&h, &base, per_conn).await;
+        }
+        for (i, &k) in batches.iter().enumerate() {
+            let salt_base = 100 + 8 * u8::try_from(i).expect("at most 8 batch sizes");
+            p6(&h, &stream_route, &base, tokens, k, salt_base, pipelined).await;
+        }
     });
 }

@@ -8,8 +8,8 @@
 //!     --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:8081 --admin-token "$(openssl rand -hex 24)"
 //! ```
 //!
-//! Routes: `GET /paid` (one unit), `GET /stream?tokens=N` (one unit per token, vouchers POSTed
-//! to the same URL while the stream runs), `GET /free`. Admin (bearer token):
+//! Routes: `GET /paid` (one unit), `GET /stream?tokens=N[&delay_ms=D]` (one unit per token, a
+//! token every D ms, vouchers POSTed to the same URL while the stream runs), `GET /free`. Admin (bearer token):
 //! `GET /channels/{id}`, `POST /channels/{id}/refresh` (re-read the escrow now; the settlement
 //! daemon calls it) and the settlement feed `GET /feed` (token ≥ 32 characters); public:
 //! `GET /openapi.json`. Prints `LISTENING http://ADDR` (then `ADMIN http://ADDR`) on stdout
@@ -27,7 +27,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use sluice_engine::chain::{RpcChain, RpcChainConfig, RpcUrl};
 use sluice_engine::http::admin_router;
 use sluice_engine::http::feed::{FeedAuth, feed_router};
@@ -85,6 +85,12 @@ struct Args {
     /// How long a paused stream waits for a voucher, in milliseconds.
     #[arg(long, env = "SLUICE_STREAM_WAIT_MS", default_value_t = 60_000)]
     stream_wait_ms: u64,
+    /// Units a metered stream charges per durable store update (1: every token durably before
+    /// it is sent; K > 1: up to K tokens reserved at once, the unused rest given back when the
+    /// stream ends; a crash can leave up to K − 1 unserved units charged).
+    #[arg(long, env = "SLUICE_SSE_CHARGE_BATCH", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sse_charge_batch: u64,
     /// Suggest the latest opened channel to requests without a credential (single-payer demos
     /// and the mppx interop test only).
     #[arg(long, env = "SLUICE_SUGGEST_LATEST_CHANNEL")]
@@ -100,7 +106,12 @@ struct Args {
 #[derive(serde::Deserialize)]
 struct StreamQuery {
     tokens: Option<u32>,
+    /// Milliseconds between tokens (a slow token source; at most [`MAX_DELAY_MS`]).
+    delay_ms: Option<u64>,
 }
+
+/// The longest pause between two tokens `?delay_ms=` may ask for.
+const MAX_DELAY_MS: u64 = 1_000;
 
 /// The most tokens one stream serves.
 const MAX_TOKENS: u32 = 100_000;
@@ -117,7 +128,14 @@ async fn paid(payment: Payment) -> Json<serde_json::Value> {
 
 async fn stream_tokens(meter: SseMeter, Query(query): Query<StreamQuery>) -> Response {
     let tokens = query.tokens.unwrap_or(10).min(MAX_TOKENS);
-    meter.stream(stream::iter((0..tokens).map(|i| format!("token {i}"))))
+    let delay = Duration::from_millis(query.delay_ms.unwrap_or(0).min(MAX_DELAY_MS));
+    let content = stream::iter(0..tokens).then(move |i| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        format!("token {i}")
+    });
+    meter.stream(content)
 }
 
 fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
@@ -160,6 +178,7 @@ fn app(engine: &Arc<ProviderEngine>, args: &Args) -> Result<Router, String> {
     let stream_options = PaymentOptions {
         units_per_request: 0,
         stream_voucher_wait: Duration::from_millis(args.stream_wait_ms),
+        stream_charge_batch: args.sse_charge_batch,
         ..options.clone()
     };
     let paid = Router::new()

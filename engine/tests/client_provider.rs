@@ -658,3 +658,131 @@ async fn a_stream_stops_at_the_deposit_or_the_cap_with_a_typed_error() {
     assert_eq!(amount(&view, "spent"), 5 * PRICE);
     assert_eq!(amount(&view, "acceptedCumulative"), 5 * PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_stream_bills_the_client_exactly_what_it_received() {
+    let chain = TestChain::start().await;
+    // The provider's metered stream reserves up to 8 tokens per durable update.
+    let provider = ExampleProvider::start(
+        &chain,
+        chain.account(9).address(),
+        PRICE,
+        &["--stream-wait-ms", "20000", "--sse-charge-batch", "8"],
+    );
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 200 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 100 * PRICE;
+    // Vouchers 5 tokens ahead: reservations of up to 6 tokens, pauses in mid-batch.
+    config.sign_ahead = 5 * PRICE;
+    let client = PayerClient::new(config).unwrap();
+
+    const TOKENS: u64 = 30;
+    let mut seen = Vec::new();
+    let summary = client
+        .stream(&provider.url(&format!("/stream?tokens={TOKENS}")), |data| {
+            seen.push(data.to_owned());
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..TOKENS).map(|i| format!("token {i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(summary.data_events, TOKENS);
+    assert!(summary.vouchers_posted > 0, "{summary:?}");
+    let total = u128::from(TOKENS) * PRICE;
+    // Signed ahead, but never more than one voucher's headroom beyond what was served.
+    assert!(summary.cumulative >= total, "{summary:?}");
+    assert!(summary.cumulative <= total + 6 * PRICE, "{summary:?}");
+
+    // The client owes exactly what it received: no receipt reported an unserved reservation.
+    let channel = only_channel(&client);
+    assert_eq!(channel.owed, total, "the final receipt");
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), total);
+    assert_eq!(view["units"], TOKENS);
+    assert_eq!(amount(&view, "acceptedCumulative"), summary.cumulative);
+    assert!(amount(&view, "acceptedCumulative") <= amount(&view, "deposit"));
+
+    // Out of deposit mid-stream: the client stops at the deposit; the server charged what it
+    // sent and nothing stays reserved.
+    let payer = chain.account(6);
+    chain.mint(payer.address(), 10 * PRICE).await;
+    let mut small = self::config(&chain, &payer);
+    small.deposit = 3 * PRICE;
+    let client = PayerClient::new(small).unwrap();
+    let mut received = 0u32;
+    match client
+        .stream(&provider.url("/stream?tokens=10"), |_| received += 1)
+        .await
+    {
+        Err(ClientError::DepositExhausted {
+            deposit, required, ..
+        }) => assert_eq!((deposit, required), (3 * PRICE, 4 * PRICE)),
+        other => panic!("expected DepositExhausted, got {other:?}"),
+    }
+    assert_eq!(received, 3);
+    let channel = only_channel(&client);
+    // No final receipt came; the receipts it saw never reported more than it received.
+    assert!(channel.owed <= 3 * PRICE, "{channel:?}");
+    let view = provider.channel(channel.id).await.unwrap();
+    assert_eq!(amount(&view, "spent"), 3 * PRICE);
+    assert_eq!(amount(&view, "acceptedCumulative"), 3 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_batch_leaves_at_most_one_batch_charged_beyond_what_was_sent() {
+    const K: u128 = 10;
+    let chain = TestChain::start().await;
+    let payee = chain.account(9).address();
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().join("store");
+    let flags = ["--stream-wait-ms", "20000", "--sse-charge-batch", "10"];
+    let mut provider =
+        ExampleProvider::start_in(&chain, payee, PRICE, "127.0.0.1:0", &path, &flags);
+    let payer = chain.account(7);
+    chain.mint(payer.address(), 1_000 * PRICE).await;
+    let mut config = config(&chain, &payer);
+    config.deposit = 500 * PRICE;
+    // One voucher covers the whole stream: reservations are whole batches of 10.
+    config.sign_ahead = 100 * PRICE;
+    let client = PayerClient::new(config).unwrap();
+
+    // A token every 20 ms; the provider is killed (SIGKILL) once 15 have arrived, in the middle
+    // of the second reservation (tokens 10–19).
+    let (count, mut received) = tokio::sync::watch::channel(0u128);
+    let url = provider.url("/stream?tokens=90&delay_ms=20");
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .stream(&url, move |_| count.send_modify(|n| *n += 1))
+                .await
+        }
+    });
+    received.wait_for(|&n| n >= 15).await.unwrap();
+    provider.kill();
+    assert!(task.await.unwrap().is_err(), "the stream breaks");
+    let received = *received.borrow();
+
+    // Restarted on the same store: what is durable is what the dead process charged.
+    let provider = ExampleProvider::start_in(&chain, payee, PRICE, "127.0.0.1:0", &path, &flags);
+    let channel = only_channel(&client);
+    let view = provider.channel(channel.id).await.unwrap();
+    let spent = amount(&view, "spent");
+    let accepted = amount(&view, "acceptedCumulative");
+    // Persist before serve: every token received was charged durably.
+    assert!(
+        spent >= received * PRICE,
+        "spent {spent}, {received} received"
+    );
+    // The unserved rest of one reservation at most (K units: K − 1 of the batch plus, as with
+    // K = 1, the token that may have been in flight at the kill).
+    assert!(
+        spent - received * PRICE <= K * PRICE,
+        "spent {spent}, {received} received"
+    );
+    assert!(spent <= accepted && accepted <= amount(&view, "deposit"));
+    // Within what the payer signed, and no receipt told the client it owed unserved tokens.
+    assert!(accepted <= channel.signed);
+    assert!(channel.owed <= received * PRICE, "{channel:?}");
+}

@@ -631,6 +631,7 @@ async fn sse_stream_pauses_for_vouchers_posted_mid_stream_and_ends_with_a_receip
 async fn sse_stream_without_a_voucher_ends_with_an_error_event_after_the_bounded_wait() {
     let provider = Provider::start(ProviderOptions {
         stream_wait: Duration::from_millis(300),
+        ..ProviderOptions::default()
     })
     .await;
     let mut payer = provider.payer(1, DEPOSIT).await;

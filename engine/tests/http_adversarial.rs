@@ -360,6 +360,7 @@ async fn sse_consumers_that_stop_reading_cost_a_bounded_amount_and_never_overcha
     let (provider, payer) = opened(
         ProviderOptions {
             stream_wait: Duration::from_millis(200),
+            ..ProviderOptions::default()
         },
         PAID_PRICE + 30 * TOKEN_PRICE,
     )

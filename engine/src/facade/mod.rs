@@ -41,7 +41,9 @@ use crate::session::{
     self, DecodedOpen, EscrowTerms, OpenInput, SessionError, SignatureCheck, TopUpInput,
     Transition, VoucherClaim, VoucherOutcome,
 };
-use crate::store::{Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore, Current};
+use crate::store::{
+    Change, ChannelId, ChannelRecord, ChannelStatus, ChannelStore, Current, Pending,
+};
 
 /// Which session action a credential carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,7 +110,7 @@ fn unix_ms(now: Timestamp) -> u64 {
     u64::try_from(now.unix_millis()).unwrap_or(0)
 }
 
-fn receipt_for(
+pub(crate) fn receipt_for(
     record: &ChannelRecord,
     challenge_id: &str,
     now: Timestamp,
@@ -551,6 +553,83 @@ impl<S: ChannelStore, C: ChainClient> Engine<S, C> {
             .record
             .ok_or(SessionError::ChannelNotFound { channel: *channel })?;
         receipt_for(&record, challenge_id, now, None)
+    }
+
+    /// Charges as many units of `route`'s price as the accepted vouchers cover, at most
+    /// `max_units` and at least one, in one durable update, and returns how many were charged
+    /// with the durable record: the reservation of a metered stream that charges in batches.
+    /// When not even one unit is covered it fails as [`charge`](Self::charge) of one unit
+    /// does ([`SessionError::InsufficientBalance`]); `max_units = 0` charges nothing.
+    pub async fn charge_up_to(
+        &self,
+        route: &Route,
+        channel: &ChannelId,
+        max_units: u64,
+        now: Timestamp,
+    ) -> Result<(u64, ChannelRecord), EngineError> {
+        let pending = self.charge_up_to_pending(route, channel, max_units, now)?;
+        let committed = pending.durable().await?;
+        let record = committed
+            .record
+            .ok_or(SessionError::ChannelNotFound { channel: *channel })?;
+        Ok((committed.value, record))
+    }
+
+    /// [`charge_up_to`](Self::charge_up_to), applied but not yet durable: the metered stream
+    /// learns how many units it reserved before it waits, so a stream dropped during the wait
+    /// still gives them back.
+    pub(crate) fn charge_up_to_pending(
+        &self,
+        route: &Route,
+        channel: &ChannelId,
+        max_units: u64,
+        now: Timestamp,
+    ) -> Result<Pending<u64>, EngineError> {
+        let now_ms = unix_ms(now);
+        let amount = route.price.amount;
+        self.store
+            .update_pending(channel, |current| -> Result<_, EngineError> {
+                let units = current.map_or(0, |r| session::units_covered(r, amount, max_units));
+                // Nothing covered: charge one unit to get the refusal that names the shortfall.
+                let asked = units.max(max_units.min(1));
+                let t = session::charge(current, channel, amount, asked, now_ms)?;
+                Ok(if t.write {
+                    Change::write(t.record, units)
+                } else {
+                    Change::keep(units)
+                })
+            })
+    }
+
+    /// Gives back `units` of `route`'s price charged on `channel` but never served (the unused
+    /// part of a metered stream's reservation) in one durable update, and returns the durable
+    /// record. `spent` never falls below the escrow's `settled` amount; a release above what
+    /// was spent fails with [`SessionError::ReleaseExceedsSpent`] and changes nothing. Works in
+    /// any channel status. Zero units change nothing.
+    pub async fn release(
+        &self,
+        route: &Route,
+        channel: &ChannelId,
+        units: u64,
+        now: Timestamp,
+    ) -> Result<ChannelRecord, EngineError> {
+        let now_ms = unix_ms(now);
+        let amount = route.price.amount;
+        let committed = self
+            .store
+            .update_pending(channel, |current| -> Result<_, EngineError> {
+                let t = session::release(current, channel, amount, units, now_ms)?;
+                Ok(if t.write {
+                    Change::release(t.record, ())
+                } else {
+                    Change::keep(())
+                })
+            })?
+            .durable()
+            .await?;
+        Ok(committed
+            .record
+            .ok_or(SessionError::ChannelNotFound { channel: *channel })?)
     }
 
     /// The channel's current receipt for `challenge_id` (for a retried request).

@@ -23,6 +23,15 @@ pub struct PaymentOptions {
     pub units_per_request: u64,
     /// How long a paused metered stream waits for a voucher in all (per pause).
     pub stream_voucher_wait: Duration,
+    /// Units a metered stream charges per durable store update (its reservation; 0 counts as
+    /// 1). With 1 (the default) every event is charged durably before it is sent. With K > 1
+    /// the stream charges up to K units the vouchers cover in one update, sends that many
+    /// events without touching the store, and gives back what it did not send when it ends
+    /// (content exhausted, client gone, error). Receipts report what was served. The cost: a
+    /// crash mid-stream can leave up to K − 1 units charged but not served (always within
+    /// vouchers the payer signed), and other requests on the channel see the reservation as
+    /// spent while the stream holds it. See [`PaymentLayer::charge_batch`].
+    pub stream_charge_batch: u64,
     /// How long the outcome of a request with an `Idempotency-Key` is kept for replays.
     pub idempotency_retention: Duration,
     /// Suggest the channel most recently opened through the engine in challenges that answer
@@ -37,6 +46,7 @@ impl Default for PaymentOptions {
         Self {
             units_per_request: 1,
             stream_voucher_wait: DEFAULT_STREAM_VOUCHER_WAIT,
+            stream_charge_batch: 1,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             suggest_latest_channel: false,
         }
@@ -58,7 +68,8 @@ impl<S: ChannelStore + 'static, C: ChainClient> PaymentLayer<S, C> {
     }
 
     /// A layer for a metered stream: nothing is charged up front; the handler's
-    /// [`SseMeter`](super::SseMeter) charges one unit per event.
+    /// [`SseMeter`](super::SseMeter) charges one unit per event, one durable update per event
+    /// unless [`charge_batch`](Self::charge_batch) says otherwise.
     pub fn metered(engine: Arc<Engine<S, C>>, route: Route) -> Self {
         Self::with_options(
             engine,
@@ -75,6 +86,22 @@ impl<S: ChannelStore + 'static, C: ChainClient> PaymentLayer<S, C> {
         Self {
             gate: Arc::new(Gate::new(engine, route, options)),
         }
+    }
+
+    /// The same layer with metered streams charging `units` per durable update
+    /// ([`PaymentOptions::stream_charge_batch`]; 0 counts as 1):
+    /// `PaymentLayer::metered(engine, route).charge_batch(100)`.
+    #[must_use]
+    pub fn charge_batch(self, units: u64) -> Self {
+        let options = PaymentOptions {
+            stream_charge_batch: units.max(1),
+            ..self.gate.options.clone()
+        };
+        Self::with_options(
+            Arc::clone(&self.gate.engine),
+            self.gate.route.clone(),
+            options,
+        )
     }
 
     /// The route this layer charges for.

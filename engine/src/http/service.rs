@@ -54,6 +54,7 @@ impl<S: ChannelStore + 'static, C: ChainClient> Gate<S, C> {
             engine: Arc::clone(&engine) as Arc<dyn MeterEngine>,
             route: Arc::new(route.clone()),
             wait: options.stream_voucher_wait,
+            batch: options.stream_charge_batch.max(1),
         };
         Self {
             engine,

@@ -248,6 +248,17 @@ pub enum SessionError {
         /// Units requested.
         units: u64,
     },
+    /// A release would give back more than the channel has spent (an engine bug: a meter
+    /// releases only what it charged).
+    #[error("channel {channel}: releasing {released} exceeds the spent amount {spent}")]
+    ReleaseExceedsSpent {
+        /// The channel.
+        channel: ChannelId,
+        /// The amount the release would give back (`units × amount`).
+        released: u128,
+        /// The spent amount before the release.
+        spent: u128,
+    },
 }
 
 impl SessionError {
@@ -290,6 +301,7 @@ impl SessionError {
             | Self::ChainFactsMismatch { .. }
             | Self::DepositDidNotGrow { .. }
             | Self::CloseBelowRequired { .. } => ProblemKind::VerificationFailed,
+            Self::ReleaseExceedsSpent { .. } => ProblemKind::InternalPaymentError,
         }
     }
 }

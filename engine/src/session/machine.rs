@@ -333,6 +333,53 @@ pub fn charge(
     Ok(Transition::new(current, next, None))
 }
 
+/// The most units of `amount` (at most `max_units`) the channel's accepted vouchers still
+/// cover: `min(max_units, (accepted − spent) / amount)`. A zero `amount` covers `max_units`.
+pub fn units_covered(record: &ChannelRecord, amount: u128, max_units: u64) -> u64 {
+    match record.available().checked_div(amount) {
+        Some(covered) => u64::try_from(covered).map_or(max_units, |c| c.min(max_units)),
+        None => max_units,
+    }
+}
+
+/// Releasing: `units × amount` charged but never served goes back from spent to available
+/// (the unused part of a metered stream's reservation). `spent` never falls below `settled`
+/// (what the escrow paid stays spent); the unit count falls by `units`. Allowed in any status,
+/// since it only gives the payer back what it was not served. Refused with
+/// [`SessionError::ReleaseExceedsSpent`] if the amount is above what was spent. Zero units
+/// change nothing.
+pub fn release(
+    current: Option<&ChannelRecord>,
+    channel: &ChannelId,
+    amount: u128,
+    units: u64,
+    now_ms: u64,
+) -> Result<Transition, SessionError> {
+    let stored = existing(current, channel)?;
+    if units == 0 {
+        return Ok(Transition::new(current, stored, None));
+    }
+    let released = amount
+        .checked_mul(u128::from(units))
+        .ok_or(SessionError::ChargeOverflow {
+            channel: *channel,
+            amount,
+            units,
+        })?;
+    if released > stored.spent {
+        return Err(SessionError::ReleaseExceedsSpent {
+            channel: *channel,
+            released,
+            spent: stored.spent,
+        });
+    }
+    let mut next = stored;
+    next.spent = (stored.spent - released).max(stored.settled);
+    next.units = stored.units.saturating_sub(units);
+    next.updated_at_ms = now_ms;
+    Ok(Transition::new(current, next, None))
+}
+
 /// Checks that a top-up transaction comes from the channel's payer (the escrow reverts
 /// otherwise), so a foreign transaction is refused before it is broadcast.
 pub fn check_top_up_sender(

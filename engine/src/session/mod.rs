@@ -13,7 +13,7 @@
 //! | transactions a credential carries | [`decode_open_tx`], [`decode_top_up_tx`], [`check_top_up_sender`] |
 //! | chain-facts cache | [`merge_chain_facts`] (when to re-read: [`crate::chain::needs_refresh`]) |
 //! | cheap checks before ECDSA | [`precheck_voucher`], [`precheck_close`] → [`SignatureCheck`] |
-//! | transitions | [`on_open`], [`on_voucher`], [`charge`], [`on_top_up`], [`on_close`] → [`Transition`] |
+//! | transitions | [`on_open`], [`on_voucher`], [`charge`] ([`units_covered`]), [`release`], [`on_top_up`], [`on_close`] → [`Transition`] |
 //!
 //! Statuses: the engine writes `Open` when an open succeeds and `Closing` when it takes a close
 //! voucher; a chain read that reports the channel finalized moves it to `Closed`. `Opening` is
@@ -34,6 +34,6 @@ pub use facts::merge_chain_facts;
 pub use machine::{
     OpenInput, SignatureCheck, TopUpInput, Transition, VoucherClaim, VoucherOutcome, charge,
     check_top_up_sender, on_close, on_open, on_top_up, on_voucher, precheck_close,
-    precheck_voucher, require_open,
+    precheck_voucher, release, require_open, units_covered,
 };
 pub use tx::{DecodedOpen, DecodedTopUp, EscrowTerms, decode_open_tx, decode_top_up_tx};

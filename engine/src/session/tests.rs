@@ -817,6 +817,80 @@ fn settled_funds_count_as_spent_when_the_engine_holds_no_voucher() {
 }
 
 #[test]
+fn units_covered_is_bounded_by_the_batch_and_the_vouchers() {
+    let r = open_channel(1_000, 100, 30);
+    // 70 available at 25 a unit: 2 units.
+    assert_eq!(units_covered(&r, 25, 8), 2);
+    assert_eq!(units_covered(&r, 25, 1), 1);
+    assert_eq!(units_covered(&r, 25, 0), 0);
+    assert_eq!(units_covered(&r, 10, 5), 5);
+    assert_eq!(units_covered(&r, 71, 5), 0);
+    // A free unit is always covered, up to the batch.
+    assert_eq!(units_covered(&r, 0, 7), 7);
+    // More units than fit a u64 are capped at the batch.
+    let huge = open_channel(u128::MAX, u128::MAX, 0);
+    assert_eq!(units_covered(&huge, 1, u64::MAX), u64::MAX);
+}
+
+#[test]
+fn releasing_gives_back_unserved_units_never_below_settled() {
+    let mut r = open_channel(1_000, 100, 0);
+    let id = r.channel_id;
+    r = charge(Some(&r), &id, 10, 8, NOW).expect("reserve").record;
+    assert_eq!((r.spent, r.units), (80, 8));
+    let t = release(Some(&r), &id, 10, 5, NOW + 1).expect("release");
+    assert!(t.write);
+    assert_eq!((t.record.spent, t.record.units), (30, 3));
+    assert_eq!(t.record.updated_at_ms, NOW + 1);
+    assert_eq!(t.record.accepted_cumulative, 100);
+    // Zero units: nothing to write.
+    let zero = release(Some(&r), &id, 10, 0, NOW).expect("no-op");
+    assert!(!zero.write);
+    assert_eq!(zero.record, r);
+    // Never below what the escrow settled.
+    let mut settled = r;
+    settled.settled = 50;
+    let t = release(Some(&settled), &id, 10, 5, NOW).expect("release");
+    assert_eq!(t.record.spent, 50);
+    // Never more than was spent, and a refusal names the amounts.
+    assert_eq!(
+        release(Some(&r), &id, 10, 9, NOW),
+        Err(SessionError::ReleaseExceedsSpent {
+            channel: id,
+            released: 90,
+            spent: 80
+        })
+    );
+    assert!(matches!(
+        release(Some(&r), &id, u128::MAX, 2, NOW),
+        Err(SessionError::ChargeOverflow { .. })
+    ));
+    assert_eq!(
+        release(None, &id, 1, 1, NOW),
+        Err(SessionError::ChannelNotFound { channel: id })
+    );
+    // Allowed once the channel is closing: it only gives the payer back what it was not served.
+    let mut closing = r;
+    closing.status = ChannelStatus::Closing;
+    assert_eq!(
+        release(Some(&closing), &id, 10, 8, NOW)
+            .expect("release")
+            .record
+            .spent,
+        0
+    );
+    assert_eq!(
+        SessionError::ReleaseExceedsSpent {
+            channel: id,
+            released: 1,
+            spent: 0
+        }
+        .problem_kind(),
+        ProblemKind::InternalPaymentError
+    );
+}
+
+#[test]
 fn charging_moves_available_to_spent() {
     let r = open_channel(1_000, 100, 0);
     let id = r.channel_id;

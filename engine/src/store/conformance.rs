@@ -507,6 +507,119 @@ pub(crate) fn guards_money_invariants<S: ChannelStore>(make: impl Fn() -> Fixtur
     );
 }
 
+/// A release may lower `spent` (never below `settled`) and still obeys every other guard; a
+/// plain write still may not lower it.
+pub(crate) fn release_lowers_spent_down_to_settled<S: ChannelStore>(make: fn() -> Fixture<S>) {
+    let (store, _dir) = make();
+    let id = channel(1);
+    create(&store, id, 100);
+    accept(&store, id, 60);
+    let set = |spent: u128, settled: u128, units: u64| {
+        store
+            .update(&id, |record| -> Result<_, TestError> {
+                let mut next = *record.expect("exists");
+                next.spent = spent;
+                next.settled = settled;
+                next.units = units;
+                Ok(Change::write(next, ()))
+            })
+            .expect("raise spent")
+    };
+    set(50, 10, 5);
+    let release = |spent: u128, units: u64| {
+        store.update(&id, |record| -> Result<_, TestError> {
+            let mut next = *record.expect("exists");
+            next.spent = spent;
+            next.units = units;
+            Ok(Change::release(next, ()))
+        })
+    };
+
+    // A release to exactly `settled` is allowed, and lowers the unit count too.
+    let committed = release(10, 1).expect("release to settled");
+    let record = committed.record.expect("record");
+    assert!(committed.written);
+    assert_eq!((record.spent, record.units), (10, 1));
+    assert_eq!(store.get(&id).expect("get"), Some(record));
+
+    // Below `settled`: refused, nothing written.
+    let before = store.get(&id).expect("get");
+    let error = release(9, 0).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TestError::Store(StoreError::SpentBelowSettled {
+                settled: 10,
+                proposed: 9,
+                ..
+            })
+        ),
+        "{error}"
+    );
+    assert_eq!(store.get(&id).expect("get"), before);
+
+    // The other guards still hold for a release.
+    let error = store
+        .update(&id, |record| -> Result<_, TestError> {
+            let mut next = *record.expect("exists");
+            next.spent = 61;
+            Ok(Change::release(next, ()))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TestError::Store(StoreError::InvalidRecord {
+                source: RecordError::SpentExceedsAccepted { .. },
+                ..
+            })
+        ),
+        "{error}"
+    );
+    let error = store
+        .update(&id, |record| -> Result<_, TestError> {
+            let mut next = *record.expect("exists");
+            next.accepted_cumulative = 50;
+            next.accepted_signature = signature_for(50);
+            next.spent = 10;
+            Ok(Change::release(next, ()))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TestError::Store(StoreError::AcceptedDecreased { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(store.get(&id).expect("get"), before);
+
+    // A plain write still cannot lower `spent`.
+    set(40, 10, 4);
+    let error = store
+        .update(&id, |record| -> Result<_, TestError> {
+            let mut next = *record.expect("exists");
+            next.spent = 30;
+            Ok(Change::write(next, ()))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TestError::Store(StoreError::SpentDecreased {
+                stored: 40,
+                proposed: 30,
+                ..
+            })
+        ),
+        "{error}"
+    );
+    let committed = release(30, 3).expect("release");
+    assert_eq!(committed.record.map(|r| r.spent), Some(30));
+    store.sync().expect("sync");
+    assert_eq!(store.get(&id).expect("get").map(|r| r.spent), Some(30));
+}
+
 fn accept<S: ChannelStore>(store: &S, id: ChannelId, amount: u128) -> ChannelRecord {
     store
         .update(&id, |record| -> Result<_, TestError> {
@@ -1095,6 +1208,10 @@ macro_rules! conformance_tests {
         #[test]
         fn guards_money_invariants() {
             $crate::store::conformance::guards_money_invariants($make);
+        }
+        #[test]
+        fn release_lowers_spent_down_to_settled() {
+            $crate::store::conformance::release_lowers_spent_down_to_settled($make);
         }
         #[test]
         fn feed_holds_the_latest_voucher_per_channel() {

@@ -103,6 +103,19 @@ pub enum StoreError {
         /// The amount the update proposed.
         proposed: u128,
     },
+    /// A release ([`Change::release`](super::Change::release)) would lower the spent amount
+    /// below what the escrow has already settled.
+    #[error(
+        "channel {channel}: a release would lower spent to {proposed}, below the settled {settled}"
+    )]
+    SpentBelowSettled {
+        /// The channel being updated.
+        channel: ChannelId,
+        /// The amount settled on chain, as stored.
+        settled: u128,
+        /// The spent amount the release proposed.
+        proposed: u128,
+    },
     /// An update would replace the signature of the accepted amount without raising the amount.
     #[error("channel {channel}: the signature of accepted amount {accepted} would change")]
     SignatureReplaced {

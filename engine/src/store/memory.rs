@@ -74,13 +74,14 @@ impl ChannelStore for MemoryStore {
             record,
             aux: aux_write,
             value,
+            lowers_spent,
         } = f(Current {
             record: old.as_ref(),
             aux,
         })?;
 
         if let Some(new) = &record {
-            check_write(channel, old.as_ref(), new)?;
+            check_write(channel, old.as_ref(), new, lowers_spent)?;
         }
         if let Some((key, entry)) = &aux_write {
             check_aux(key, entry)?;

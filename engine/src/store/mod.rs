@@ -61,6 +61,7 @@ pub struct Change<T> {
     record: Option<ChannelRecord>,
     aux: Option<(Vec<u8>, AuxEntry)>,
     value: T,
+    lowers_spent: bool,
 }
 
 impl<T> Change<T> {
@@ -70,6 +71,7 @@ impl<T> Change<T> {
             record: None,
             aux: None,
             value,
+            lowers_spent: false,
         }
     }
 
@@ -79,6 +81,20 @@ impl<T> Change<T> {
             record: Some(record),
             aux: None,
             value,
+            lowers_spent: false,
+        }
+    }
+
+    /// Replace the channel's record with `record`, which may lower `spent` (and `units`):
+    /// charged units given back unserved, such as the unused part of a metered stream's
+    /// reservation. Every other guard still applies, and `spent` may not fall below the
+    /// stored `settled` amount ([`StoreError::SpentBelowSettled`]).
+    pub const fn release(record: ChannelRecord, value: T) -> Self {
+        Self {
+            record: Some(record),
+            aux: None,
+            value,
+            lowers_spent: true,
         }
     }
 
@@ -122,6 +138,12 @@ impl<T> Pending<T> {
         Self { committed, ticket }
     }
 
+    /// The applied update, durability still pending: read it to plan, never release it before
+    /// [`Pending::wait`] or [`Pending::durable`] returns.
+    pub const fn committed(&self) -> &Committed<T> {
+        &self.committed
+    }
+
     /// The write sequence number to wait for, if the update still has to wait.
     pub fn seq(&self) -> Option<u64> {
         self.ticket.seq()
@@ -155,7 +177,9 @@ impl<T> Pending<T> {
 /// - **Write-once auxiliary keys**: an update writing an existing key fails and changes nothing.
 /// - **Guarded**: a written record must keep `spent ≤ accepted_cumulative ≤ deposit`, must not
 ///   lower `accepted_cumulative` or `spent`, and must not swap the signature of an unchanged
-///   accepted amount; otherwise the update fails with a typed error and writes nothing.
+///   accepted amount; otherwise the update fails with a typed error and writes nothing. The one
+///   exception is a [`Change::release`], which may lower `spent`, never below the stored
+///   `settled` amount.
 /// - **Durable before return**: [`ChannelStore::update`] returns after the write is durable; an
 ///   update that wrote nothing still waits until the state it observed is durable, so an
 ///   idempotent retry is never acknowledged ahead of the original write.
@@ -239,6 +263,7 @@ pub(crate) fn check_write(
     channel: &ChannelId,
     old: Option<&ChannelRecord>,
     new: &ChannelRecord,
+    lowers_spent: bool,
 ) -> Result<(), StoreError> {
     if new.channel_id != *channel {
         return Err(StoreError::ChannelMismatch {
@@ -259,7 +284,15 @@ pub(crate) fn check_write(
                 proposed: new.accepted_cumulative,
             });
         }
-        if new.spent < old.spent {
+        if lowers_spent && new.spent < old.spent {
+            if new.spent < old.settled {
+                return Err(StoreError::SpentBelowSettled {
+                    channel: *channel,
+                    settled: old.settled,
+                    proposed: new.spent,
+                });
+            }
+        } else if new.spent < old.spent {
             return Err(StoreError::SpentDecreased {
                 channel: *channel,
                 stored: old.spent,

@@ -535,6 +535,7 @@ impl ChannelStore for SledStore {
             record,
             aux: aux_write,
             value,
+            lowers_spent,
         } = f(Current {
             record: old.as_ref(),
             aux: current_aux.as_ref(),
@@ -544,7 +545,7 @@ impl ChannelStore for SledStore {
         let mut new = None;
         let mut published = None;
         if let Some(mut next) = record {
-            check_write(channel, old.as_ref(), &next)?;
+            check_write(channel, old.as_ref(), &next, lowers_spent)?;
             let previous = FeedCursor::new(old.map_or(0, |old| old.feed_cursor));
             next.revision = old_revision + 1;
             next.feed_cursor = previous.get();

@@ -65,12 +65,15 @@ pub fn stream_price() -> RoutePrice {
 pub struct ProviderOptions {
     /// How long a paused stream waits for a voucher.
     pub stream_wait: Duration,
+    /// Units `/stream` charges per durable update.
+    pub stream_charge_batch: u64,
 }
 
 impl Default for ProviderOptions {
     fn default() -> Self {
         Self {
             stream_wait: Duration::from_secs(20),
+            stream_charge_batch: 1,
         }
     }
 }
@@ -147,6 +150,7 @@ impl Provider {
         let stream_options = PaymentOptions {
             units_per_request: 0,
             stream_voucher_wait: options.stream_wait,
+            stream_charge_batch: options.stream_charge_batch,
             ..PaymentOptions::default()
         };
         let app = Router::new()

@@ -18,7 +18,7 @@ pub struct ExampleProvider {
     pub admin: String,
     /// The payee every channel pays.
     pub payee: alloy::primitives::Address,
-    _store: tempfile::TempDir,
+    _store: Option<tempfile::TempDir>,
 }
 
 /// The admin bearer token of [`ExampleProvider`]s.
@@ -43,8 +43,24 @@ impl ExampleProvider {
         listen: &str,
         extra: &[&str],
     ) -> Self {
-        use std::io::{BufRead, BufReader};
         let store = tempfile::tempdir().expect("temp dir");
+        let path = store.path().join("store");
+        let mut provider = Self::start_in(chain, payee, price, listen, &path, extra);
+        provider._store = Some(store);
+        provider
+    }
+
+    /// [`Self::start_on`] with the store in `store` (kept by the caller, so that a killed
+    /// provider can be restarted on the same data).
+    pub fn start_in(
+        chain: &super::anvil::TestChain,
+        payee: alloy::primitives::Address,
+        price: u128,
+        listen: &str,
+        store: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        use std::io::{BufRead, BufReader};
         let mut child = Command::new(provider_binary())
             .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             .args(["--admin-token", ADMIN_TOKEN])
@@ -54,7 +70,7 @@ impl ExampleProvider {
             .args(["--token", &chain.token.to_string()])
             .args(["--recipient", &payee.to_string()])
             .arg("--store")
-            .arg(store.path().join("store"))
+            .arg(store)
             .args(["--price", &price.to_string(), "--realm", "client.test"])
             .args(extra)
             .env("SLUICE_SECRET", "client-tests-provider-secret-0123456789")
@@ -77,7 +93,7 @@ impl ExampleProvider {
             base,
             admin,
             payee,
-            _store: store,
+            _store: None,
         }
     }
 
@@ -99,6 +115,14 @@ impl ExampleProvider {
         }
         assert_eq!(response.status(), 200, "admin channel view");
         Some(response.json().await.expect("admin JSON"))
+    }
+}
+
+impl ExampleProvider {
+    /// Kills the process at once (SIGKILL on Unix: no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the provider");
+        self.child.wait().expect("reap the provider");
     }
 }
 
