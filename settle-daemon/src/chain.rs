@@ -72,6 +72,8 @@ pub struct Fees {
     pub max_priority_fee_per_gas: u128,
     /// What a transaction pays per gas now (base fee + tip): the policy's gas price.
     pub gas_price: u128,
+    /// The timestamp of the latest block the fees were read from (chain time, unix seconds).
+    pub block_timestamp: u64,
 }
 
 /// A JSON-RPC client of one node and one escrow.
@@ -310,6 +312,7 @@ impl Rpc {
             max_fee_per_gas: base.saturating_mul(2).saturating_add(tip),
             max_priority_fee_per_gas: tip,
             gas_price: base.saturating_add(tip),
+            block_timestamp: block.header.timestamp,
         })
     }
 

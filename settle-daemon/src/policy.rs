@@ -142,6 +142,11 @@ pub struct Market {
     /// What one gas costs in the channel token's base units (the caller converts; on a chain
     /// whose fees are paid in the token this is the gas price in that token).
     pub token_per_gas: u128,
+    /// The latest block's timestamp, unix seconds (0 when unknown). A close request's grace
+    /// deadline is in chain time (the escrow compares it with `block.timestamp`): the
+    /// watchtower's urgency uses the later of `now` and this, so a chain clock running ahead
+    /// of the daemon's cannot make a deadline look further away than it is.
+    pub chain_now: u64,
 }
 
 /// One transaction to send.
@@ -343,7 +348,8 @@ fn classify(view: &ChannelView, config: &PolicyConfig, market: &Market) -> Class
         && unsettled > 0
     {
         let deadline = requested_at.saturating_add(config.close_grace_period_secs);
-        let urgent = market.now.saturating_add(config.watchtower_margin_secs) >= deadline;
+        let now = market.now.max(market.chain_now);
+        let urgent = now.saturating_add(config.watchtower_margin_secs) >= deadline;
         return Class::Watchtower { deadline, urgent };
     }
     if view.status == EngineStatus::Closing {

@@ -485,6 +485,7 @@ impl Daemon {
             now: unix_now(),
             gas_price: fees.gas_price,
             token_per_gas: self.config.policy.token_per_gas.0,
+            chain_now: fees.block_timestamp,
         };
         let plan = policy::plan(&views, &self.policy, &market);
         if !plan.actions.is_empty() {

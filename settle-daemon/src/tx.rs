@@ -477,6 +477,7 @@ mod tests {
             max_fee_per_gas: 10,
             max_priority_fee_per_gas: 1,
             gas_price: 5,
+            block_timestamp: 0,
         };
         let (max_fee, tip) = bumped(&previous, calm);
         assert!(max_fee * 8 >= 1_000 * 9 && tip * 8 >= 100 * 9);
@@ -485,6 +486,7 @@ mod tests {
             max_fee_per_gas: 5_000,
             max_priority_fee_per_gas: 400,
             gas_price: 3_000,
+            block_timestamp: 0,
         };
         assert_eq!(bumped(&previous, busy), (5_000, 400));
         // Tiny fees still move.
