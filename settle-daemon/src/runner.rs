@@ -270,6 +270,24 @@ async fn run_feeds(
     Ok(())
 }
 
+/// The `close` arguments for a channel whose latest voucher is `voucher`, given the escrow's
+/// facts read just before: the voucher when it is above the settled amount and within the
+/// deposit; no voucher (amount 0) when nothing above the settled amount is held. `None` when
+/// the voucher is above the settled amount **and** above the deposit read (a top-up the
+/// engine saw that this read does not show yet, or a lagging node): a close then would
+/// finalize the channel paying only the settled amount and refund the voucher's value to the
+/// payer, so the close waits for a read that shows the deposit.
+fn close_args(
+    voucher: Option<crate::policy::Voucher>,
+    facts: &ChainFacts,
+) -> Option<(u128, Bytes)> {
+    match voucher {
+        Some(v) if v.amount > facts.settled => (v.amount <= facts.deposit)
+            .then(|| (v.amount, Bytes::copy_from_slice(&v.signature))),
+        _ => Some((0, Bytes::new())),
+    }
+}
+
 async fn serve_metrics(State((metrics, _)): State<(Arc<Metrics>, Duration)>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -571,15 +589,15 @@ impl Daemon {
                             }
                         }
                     }
-                    Action::Close(_) => {
-                        let (amount, signature) = match voucher {
-                            Some(v) if v.amount > f.settled && v.amount <= f.deposit => {
-                                (v.amount, Bytes::copy_from_slice(&v.signature))
-                            }
-                            _ => (0, Bytes::new()),
-                        };
-                        close = Some((*id, amount, signature));
-                    }
+                    Action::Close(_) => match close_args(voucher, f) {
+                        Some((amount, signature)) => close = Some((*id, amount, signature)),
+                        None => tracing::warn!(
+                            channel = %id,
+                            deposit = f.deposit,
+                            "the voucher is above the deposit read from the chain; not closing \
+                             (a close now would give it up), retried next round"
+                        ),
+                    },
                 }
             }
             match (action, close) {
@@ -784,5 +802,41 @@ impl Daemon {
                 self.metrics.error("engine_refresh");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{SIGNATURE_LEN, Voucher};
+
+    fn facts(deposit: u128, settled: u128) -> ChainFacts {
+        ChainFacts {
+            deposit,
+            settled,
+            ..ChainFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_close_never_gives_up_a_voucher_above_the_deposit_read() {
+        let voucher = Voucher {
+            amount: 1_500,
+            signature: [7; SIGNATURE_LEN],
+        };
+        // Within the deposit: closed with the voucher.
+        assert_eq!(
+            close_args(Some(voucher), &facts(2_000, 100)),
+            Some((1_500, Bytes::copy_from_slice(&[7; SIGNATURE_LEN])))
+        );
+        // The read shows a deposit below the voucher (a top-up it does not show yet): closing
+        // with amount 0 would finalize at 100 and refund the payer 1,400 it owes; no close.
+        assert_eq!(close_args(Some(voucher), &facts(1_000, 100)), None);
+        // Nothing above the settled amount: closed without a voucher.
+        assert_eq!(
+            close_args(Some(voucher), &facts(1_000, 1_500)),
+            Some((0, Bytes::new()))
+        );
+        assert_eq!(close_args(None, &facts(1_000, 0)), Some((0, Bytes::new())));
     }
 }
