@@ -282,8 +282,9 @@ fn close_args(
     facts: &ChainFacts,
 ) -> Option<(u128, Bytes)> {
     match voucher {
-        Some(v) if v.amount > facts.settled => (v.amount <= facts.deposit)
-            .then(|| (v.amount, Bytes::copy_from_slice(&v.signature))),
+        Some(v) if v.amount > facts.settled => {
+            (v.amount <= facts.deposit).then(|| (v.amount, Bytes::copy_from_slice(&v.signature)))
+        }
         _ => Some((0, Bytes::new())),
     }
 }
@@ -691,9 +692,6 @@ impl Daemon {
             TxKind::SettleBatch => "settle_batch",
             TxKind::Close => "close",
         };
-        self.metrics.batch(kind, mined.gas_used);
-        self.metrics
-            .transaction(if mined.success { "mined" } else { "reverted" });
         tracing::info!(
             nonce = record.nonce,
             hash = %mined.hash,
@@ -708,6 +706,8 @@ impl Daemon {
         let ids: Vec<ChannelId> = record.channels.iter().map(|(id, _)| *id).collect();
         // Settled and closed amounts come from the receipt; skipped or reverted items from a
         // fresh read (the chain is the truth).
+        // Counted only once the receipt's facts are stored: a failure before that (the re-read
+        // below) leaves the record, and the next round drives and applies it again.
         let mut facts = self.reread(&ids).await?;
         {
             let mut state = lock(&self.state);
@@ -722,7 +722,6 @@ impl Daemon {
                 }
             }
             for (id, amount, reason) in &mined.skipped {
-                self.metrics.error("skipped_item");
                 tracing::warn!(channel = %id, amount, reason, "the escrow skipped an item");
                 if matches!(
                     *reason,
@@ -732,7 +731,6 @@ impl Daemon {
                 }
             }
             if !mined.success {
-                self.metrics.error("tx");
                 for (id, amount) in &record.channels {
                     let live = facts.iter().any(|(c, f)| c == id && !f.finalized);
                     if live {
@@ -742,6 +740,15 @@ impl Daemon {
                 }
             }
             state.finish_tx(record, &facts)?;
+            self.metrics.batch(kind, mined.gas_used);
+            self.metrics
+                .transaction(if mined.success { "mined" } else { "reverted" });
+            for _ in &mined.skipped {
+                self.metrics.error("skipped_item");
+            }
+            if !mined.success {
+                self.metrics.error("tx");
+            }
             for (id, settled) in &mined.settled {
                 state.settlement_confirmed(id, *settled, unix_now())?;
             }
