@@ -289,6 +289,16 @@ fn close_args(
     }
 }
 
+/// Whether a planned close still holds once the escrow was re-read: the engine marked the
+/// channel closing (a cooperative close, or a close request it saw: its closing status
+/// sticks), or the escrow still shows a close request. A watchtower close planned from a
+/// request that a top-up has cancelled since (the re-read shows it; the scan, `confirmations`
+/// behind the head, saw the request's block but not yet the cancel's) would finalize a
+/// channel the payer is still using.
+fn close_still_wanted(facts: &ChainFacts, engine: Option<EngineStatus>) -> bool {
+    facts.close_requested_at != 0 || engine == Some(EngineStatus::Closing)
+}
+
 async fn serve_metrics(State((metrics, _)): State<(Arc<Metrics>, Duration)>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -590,6 +600,13 @@ impl Daemon {
                             }
                         }
                     }
+                    Action::Close(_) if !close_still_wanted(f, engine.map(|e| e.status)) => {
+                        tracing::info!(
+                            channel = %id,
+                            "the close request was cancelled (a top-up) and the engine did not \
+                             mark the channel closing: not closing"
+                        );
+                    }
                     Action::Close(_) => match close_args(voucher, f) {
                         Some((amount, signature)) => close = Some((*id, amount, signature)),
                         None => tracing::warn!(
@@ -823,6 +840,19 @@ mod tests {
             settled,
             ..ChainFacts::default()
         }
+    }
+
+    #[test]
+    fn a_cancelled_close_request_is_not_closed_unless_the_engine_is_closing() {
+        let requested = ChainFacts {
+            close_requested_at: 1_000,
+            ..facts(1_000, 0)
+        };
+        let cancelled = facts(2_000, 0);
+        assert!(close_still_wanted(&requested, Some(EngineStatus::Open)));
+        assert!(close_still_wanted(&cancelled, Some(EngineStatus::Closing)));
+        assert!(!close_still_wanted(&cancelled, Some(EngineStatus::Open)));
+        assert!(!close_still_wanted(&cancelled, None));
     }
 
     #[test]

@@ -293,6 +293,78 @@ async fn confirmations_gate_both_events_and_receipts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_request_cancelled_by_a_top_up_does_not_close_the_channel() {
+    // With 2 confirmations the daemon scans the block of the payer's `requestClose` while the
+    // `topUp` that cancels it (the next block) is still unconfirmed: it plans a watchtower
+    // close. The re-read before sending shows no request any more and the engine never marked
+    // the channel closing, so the payer keeps its channel.
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    let mut payer = world.payer(1, 2 * DEPOSIT).await;
+    let channel = payer
+        .open(&world, DEPOSIT, B256::repeat_byte(0x51), PRICE)
+        .await;
+    payer.voucher(&world, channel, 20_000).await;
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            confirmations: 2,
+            min_unsettled_amount: 1_000_000_000_000,
+            ..DaemonSettings::default()
+        },
+    );
+    let daemon = world.start_daemon(&config);
+    eventually(
+        "the daemon holds the voucher",
+        Duration::from_secs(30),
+        || async {
+            metric(&daemon.metrics().await, "sluice_daemon_unsettled_amount") == Some(20_000)
+        },
+    )
+    .await;
+    assert!(world.send_raw(payer.request_close(channel)).await);
+    let requested_in = world.chain_head().await;
+    assert!(world.send_raw(payer.top_up(channel, DEPOSIT)).await);
+    assert_eq!(world.channel(channel).await.closeRequestedAt, 0);
+    // No block is mined until the daemon has scanned the request's block (the cancel's has one
+    // confirmation only).
+    eventually(
+        "the daemon scanned the request",
+        Duration::from_secs(30),
+        || async {
+            metric(&daemon.metrics().await, "sluice_daemon_last_block")
+                >= Some(u128::from(requested_in))
+        },
+    )
+    .await;
+    // A round after the one that scanned the request's block has scanned the cancel's.
+    eventually(
+        "the daemon scanned the cancelling top-up",
+        Duration::from_secs(30),
+        || async {
+            world.mine().await;
+            metric(&daemon.metrics().await, "sluice_daemon_last_block")
+                >= Some(u128::from(requested_in + 1))
+        },
+    )
+    .await;
+    let on_chain = world.channel(channel).await;
+    assert!(
+        !on_chain.finalized,
+        "the daemon closed a channel the payer kept"
+    );
+    assert_eq!(on_chain.deposit, 2 * DEPOSIT);
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"close\"}"),
+        None,
+        "{text}"
+    );
+    // The session goes on: the engine takes a higher voucher.
+    assert_eq!(payer.try_voucher(&world, channel, 30_000).await, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
     let world = World::start().await;
     let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
