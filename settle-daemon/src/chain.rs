@@ -554,6 +554,51 @@ pub fn fold_read(facts: &mut ChainFacts, read: &OnChainChannel) {
     facts.close_requested_at = read.close_requested_at;
 }
 
+/// Folds one range's logs into the facts of the channels they touch (`stored` gives a
+/// channel's facts before the range), **in chain order** (block number, then log index): a
+/// node's answer is not trusted to be sorted, and the order matters (a `CloseRequested` folded
+/// after the `CloseRequestCancelled` that followed it would leave a cancelled request standing,
+/// and the watchtower would close a channel the payer kept).
+pub fn fold_logs(
+    logs: &[Log],
+    grace_period: u64,
+    mut stored: impl FnMut(&ChannelId) -> Result<ChainFacts, StateError>,
+    report: &mut ScanReport,
+) -> Result<BTreeMap<ChannelId, ChainFacts>, StateError> {
+    let mut ordered: Vec<&Log> = logs.iter().collect();
+    // Stable: logs without a position (never from a mined block) keep their relative order.
+    ordered.sort_by_key(|log| {
+        (
+            log.block_number.unwrap_or(u64::MAX),
+            log.log_index.unwrap_or(u64::MAX),
+        )
+    });
+    let mut touched: BTreeMap<ChannelId, ChainFacts> = BTreeMap::new();
+    for log in ordered {
+        let Some(event) = decode_event(&log.inner) else {
+            continue;
+        };
+        let channel = event.channel();
+        let facts = match touched.get_mut(&channel) {
+            Some(facts) => facts,
+            None => {
+                let before = stored(&channel)?;
+                touched.entry(channel).or_insert(before)
+            }
+        };
+        fold_event(facts, &event, grace_period);
+        report.events += 1;
+        match event {
+            EscrowEvent::CloseRequested { .. } => report.close_requested.push(channel),
+            EscrowEvent::Closed { .. } | EscrowEvent::Expired { .. } => {
+                report.finalized.push(channel);
+            }
+            _ => {}
+        }
+    }
+    Ok(touched)
+}
+
 /// Scans the escrow's events for `payee` from the state's last block up to the newest block
 /// with `confirmations` confirmations, `range` blocks per request, storing facts and the last
 /// block atomically per range.
@@ -581,31 +626,14 @@ pub async fn scan(
     while from <= safe {
         let to = safe.min(from.saturating_add(range - 1));
         let logs = rpc.logs(from, to, payee).await?;
-        let mut touched: BTreeMap<ChannelId, ChainFacts> = BTreeMap::new();
         {
             let mut state = lock(state);
-            for log in &logs {
-                let Some(event) = decode_event(&log.inner) else {
-                    continue;
-                };
-                let channel = event.channel();
-                let facts = match touched.get_mut(&channel) {
-                    Some(facts) => facts,
-                    None => {
-                        let stored = state.chain_facts(&channel)?.unwrap_or_default();
-                        touched.entry(channel).or_insert(stored)
-                    }
-                };
-                fold_event(facts, &event, grace_period);
-                report.events += 1;
-                match event {
-                    EscrowEvent::CloseRequested { .. } => report.close_requested.push(channel),
-                    EscrowEvent::Closed { .. } | EscrowEvent::Expired { .. } => {
-                        report.finalized.push(channel);
-                    }
-                    _ => {}
-                }
-            }
+            let touched = fold_logs(
+                &logs,
+                grace_period,
+                |channel| Ok(state.chain_facts(channel)?.unwrap_or_default()),
+                &mut report,
+            )?;
             let facts: Vec<_> = touched.into_iter().collect();
             state.apply_chain_facts(&facts, Some(to))?;
         }
@@ -731,6 +759,68 @@ mod tests {
             reason: 3,
         });
         assert_eq!(decode_event(&other), None);
+    }
+
+    #[test]
+    fn a_range_is_folded_in_chain_order_whatever_order_the_node_answers_in() {
+        let channel = B256::repeat_byte(7);
+        let payer = Address::repeat_byte(1);
+        let payee = Address::repeat_byte(2);
+        let at = |event: PrimitiveLog, block: u64, index: u64| Log {
+            inner: event,
+            block_number: Some(block),
+            log_index: Some(index),
+            ..Log::default()
+        };
+        // Block 10: the payer requests a close; block 11: a top-up cancels it (the escrow emits
+        // the cancel, then the top-up).
+        let chain_order = vec![
+            at(
+                log_of(&SluiceEscrow::CloseRequested {
+                    channelId: channel,
+                    payer,
+                    payee,
+                    closeGraceEnd: U256::from(1_120),
+                }),
+                10,
+                0,
+            ),
+            at(
+                log_of(&SluiceEscrow::CloseRequestCancelled {
+                    channelId: channel,
+                    payer,
+                    payee,
+                }),
+                11,
+                3,
+            ),
+            at(
+                log_of(&SluiceEscrow::TopUp {
+                    channelId: channel,
+                    payer,
+                    payee,
+                    additionalDeposit: U256::from(500),
+                    newDeposit: U256::from(1_500),
+                }),
+                11,
+                4,
+            ),
+        ];
+        let stored = ChainFacts {
+            deposit: 1_000,
+            ..ChainFacts::default()
+        };
+        let mut reversed = chain_order.clone();
+        reversed.reverse();
+        for logs in [chain_order, reversed] {
+            let mut report = ScanReport::default();
+            let touched = fold_logs(&logs, 120, |_| Ok(stored), &mut report).expect("folds");
+            let facts = touched[&channel];
+            assert_eq!(facts.close_requested_at, 0, "the request was cancelled");
+            assert_eq!(facts.deposit, 1_500);
+            assert_eq!(report.events, 3);
+            assert_eq!(report.close_requested, vec![channel]);
+        }
     }
 
     #[test]
