@@ -82,6 +82,28 @@ pub struct Rpc {
     provider: RootProvider<Ethereum>,
     escrow: Address,
     retry: RetryPolicy,
+    /// Parts of the endpoint URL that may hold a credential (password, path, query:
+    /// where hosted nodes put their API keys), removed from every error message.
+    secrets: Vec<String>,
+}
+
+/// The parts of `url` that may be a credential: a password, and a path or query beyond `/`
+/// (`https://mainnet.example/v3/<api key>`), longest first.
+fn url_secrets(url: &reqwest::Url) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path = format!("{path}?{query}");
+        secrets.push(query.to_owned());
+    }
+    if path.len() > 1 {
+        secrets.push(path);
+    }
+    if let Some(password) = url.password() {
+        secrets.push(password.to_owned());
+    }
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
 }
 
 impl Rpc {
@@ -95,9 +117,10 @@ impl Rpc {
         request_timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<Self, ChainError> {
-        let parsed = url
+        let parsed: reqwest::Url = url
             .parse()
             .map_err(|_| ChainError::new(ChainErrorKind::Rejected, "connect", "bad RPC URL"))?;
+        let secrets = url_secrets(&parsed);
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
@@ -109,6 +132,7 @@ impl Rpc {
             provider: RootProvider::new(RpcClient::new(transport, is_local)),
             escrow,
             retry,
+            secrets,
         };
         let actual = rpc
             .retry("eth_chainId", || rpc.provider.get_chain_id())
@@ -136,6 +160,17 @@ impl Rpc {
             ));
         }
         Ok(rpc)
+    }
+
+    /// `error` with the endpoint's credential parts replaced by `<redacted>` (transport errors
+    /// quote the request URL; they reach the logs and the unauthenticated `/health`).
+    fn redact(&self, mut error: ChainError) -> ChainError {
+        for secret in &self.secrets {
+            if error.message.contains(secret.as_str()) {
+                error.message = error.message.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        error
     }
 
     /// The escrow address.
@@ -167,7 +202,7 @@ impl Rpc {
         let mut backoff = self.retry.initial_backoff;
         let mut retries = 0;
         loop {
-            match f().await {
+            match f().await.map_err(|e| self.redact(e)) {
                 Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
                     retries += 1;
                     tracing::debug!(operation, retries, error = %e, "retrying");
@@ -821,6 +856,32 @@ mod tests {
             assert_eq!(report.events, 3);
             assert_eq!(report.close_requested, vec![channel]);
         }
+    }
+
+    #[tokio::test]
+    async fn an_api_key_in_the_rpc_url_stays_out_of_error_messages() {
+        let retry = RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        // Nothing listens on port 1: the transport error quotes the request URL.
+        let error = Rpc::connect(
+            "http://user:hunter2@127.0.0.1:1/v3/0123456789abcdef?apikey=s3cr3t",
+            1,
+            Address::repeat_byte(1),
+            Duration::from_millis(500),
+            retry,
+        )
+        .await
+        .expect_err("nothing listens");
+        assert_eq!(error.kind, ChainErrorKind::Transport);
+        let shown = format!("{error} {error:?}");
+        for secret in ["0123456789abcdef", "s3cr3t", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // The host stays, for the operator.
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
     }
 
     #[test]
