@@ -116,6 +116,10 @@ pub struct PolicyConfig {
 impl PolicyConfig {
     /// How many items one batch can hold under both `batch_size` and `max_gas_per_batch`.
     pub fn items_per_batch(&self) -> usize {
+        if self.gas_per_batch_base > self.max_gas_per_batch {
+            // Not even an empty batch fits (whatever an item costs, including nothing).
+            return 0;
+        }
         let room = self
             .max_gas_per_batch
             .saturating_sub(self.gas_per_batch_base);

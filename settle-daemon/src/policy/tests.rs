@@ -189,6 +189,28 @@ fn gas_cap_defers_all_but_urgent_watchtower_closes() {
 }
 
 #[test]
+fn no_batch_when_its_fixed_gas_alone_is_over_the_cap() {
+    // Items estimated free: the item count was unbounded by gas even though the batch's fixed
+    // part alone is over the cap (found by the model test).
+    let cfg = PolicyConfig {
+        gas_per_batch_base: 69,
+        gas_per_item: 0,
+        max_gas_per_batch: 68,
+        ..config()
+    };
+    assert_eq!(cfg.items_per_batch(), 0);
+    let plan = plan(&[open(1, 5_000)], &cfg, &market(1));
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(
+        reason_of(&plan, id(1)),
+        Some(SkipReason::GasCapTooSmall {
+            needed: 69,
+            cap: 68
+        })
+    );
+}
+
+#[test]
 fn watchtower_urgency_follows_the_chain_clock_when_it_runs_ahead() {
     // The grace deadline is in block time. The chain's clock runs 300 s ahead of the daemon's:
     // by the daemon's clock the deadline is 380 s away (outside the 120 s margin), by the
