@@ -747,15 +747,12 @@ impl Daemon {
                     state.record_refused(id, *amount)?;
                 }
             }
-            if !mined.success {
-                for (id, amount) in &record.channels {
-                    let live = facts.iter().any(|(c, f)| c == id && !f.finalized);
-                    if live {
-                        // Not finalized and the call reverted: do not repeat this voucher.
-                        state.record_refused(id, *amount)?;
-                    }
-                }
-            }
+            // A reverted transaction refuses none of its vouchers: the escrow checked none of
+            // them (a bad signature is a `SettleSkipped` item, or a `close` whose estimate
+            // reverts and is never sent), and every transaction passed its gas estimate just
+            // before, so a revert means the chain changed in between (a token refusing
+            // transfers for a while, a gas estimate overtaken). The channels are re-planned
+            // from the re-read facts and the next transaction is estimated again first.
             state.finish_tx(record, &facts)?;
             self.metrics.batch(kind, mined.gas_used);
             self.metrics

@@ -365,6 +365,70 @@ async fn a_close_request_cancelled_by_a_top_up_does_not_close_the_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_reverted_once_is_settled_again_once_it_can_be() {
+    // The batch passes its gas estimate and waits in the pool; before it is mined the token
+    // starts refusing transfers (its code swapped for `revert(0, 0)`, as a paused token
+    // would), so the batch reverts. The token comes back: the vouchers, which the escrow never
+    // refused, are settled by a new batch.
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    let mut payer = world.payer(1, 2 * DEPOSIT).await;
+    let mut vouchers = Vec::new();
+    for (i, amount) in [(0x61u8, 11_000u128), (0x62, 12_000)] {
+        let channel = payer
+            .open(&world, DEPOSIT, B256::repeat_byte(i), PRICE)
+            .await;
+        payer.voucher(&world, channel, amount).await;
+        vouchers.push((channel, amount));
+    }
+    world.automine(false).await;
+    let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
+    let daemon = world.start_daemon(&config);
+    let payee = world.payee.address();
+    eventually("the batch in the pool", Duration::from_secs(30), || async {
+        !world.pool_of(payee).await.is_empty()
+    })
+    .await;
+    let code = world
+        .rpc("eth_getCode", serde_json::json!([world.token, "latest"]))
+        .await;
+    world
+        .rpc(
+            "anvil_setCode",
+            serde_json::json!([world.token, "0x60006000fd"]),
+        )
+        .await;
+    world.mine().await;
+    eventually("the revert counted", Duration::from_secs(30), || async {
+        metric(
+            &daemon.metrics().await,
+            "sluice_daemon_transactions_total{outcome=\"reverted\"}",
+        ) == Some(1)
+    })
+    .await;
+    for (channel, _) in &vouchers {
+        assert_eq!(world.channel(*channel).await.settled, 0);
+    }
+    world
+        .rpc("anvil_setCode", serde_json::json!([world.token, code]))
+        .await;
+    world.automine(true).await;
+    eventually(
+        "settled after the revert",
+        Duration::from_secs(30),
+        || async {
+            let mut all = true;
+            for (channel, amount) in &vouchers {
+                all &= world.channel(*channel).await.settled == *amount;
+            }
+            all
+        },
+    )
+    .await;
+    assert_eq!(world.balance(payee).await, 11_000 + 12_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
     let world = World::start().await;
     let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
