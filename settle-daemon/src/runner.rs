@@ -178,6 +178,7 @@ async fn run_feeds(
             poll: Duration::from_millis(config.chain.poll_ms),
             replace_after: Duration::from_secs(config.chain.replace_after_secs),
             max_gas: policy.max_gas_per_batch,
+            max_gas_price: policy.max_gas_price,
         },
     )?;
     tracing::info!(
