@@ -267,6 +267,19 @@ impl Rpc {
         Ok(out)
     }
 
+    /// The escrow's `CLOSE_GRACE_PERIOD` (seconds).
+    pub async fn close_grace_period(&self) -> Result<u64, ChainError> {
+        const OPERATION: &str = "CLOSE_GRACE_PERIOD";
+        self.retry_classified(OPERATION, || async {
+            SluiceEscrow::new(self.escrow, &self.provider)
+                .CLOSE_GRACE_PERIOD()
+                .call()
+                .await
+                .map_err(|e| classify_contract_error(OPERATION, e))
+        })
+        .await
+    }
+
     /// The account's nonce: mined transactions only (`latest`) or with the pool's (`pending`).
     pub async fn nonce(&self, account: Address, pending: bool) -> Result<u64, ChainError> {
         self.retry("eth_getTransactionCount", || async {

@@ -65,6 +65,18 @@ pub enum DaemonError {
     /// Scanning.
     #[error(transparent)]
     Scan(#[from] ChainScanError),
+    /// `policy.close_grace_period_secs` is not the escrow's: watchtower deadlines of close
+    /// requests read from the escrow (request time + grace period) would be wrong, and a
+    /// deadline computed later than the escrow's misses the close.
+    #[error(
+        "policy.close_grace_period_secs is {configured} s but the escrow's CLOSE_GRACE_PERIOD is {escrow} s"
+    )]
+    GracePeriodMismatch {
+        /// The configured value.
+        configured: u64,
+        /// The escrow's.
+        escrow: u64,
+    },
     /// The metrics listener could not be bound.
     #[error("cannot listen on {addr}: {kind}")]
     Listen {
@@ -169,6 +181,13 @@ async fn run_feeds(
     )
     .await?;
     let policy = config.policy_config();
+    let escrow_grace = rpc.close_grace_period().await?;
+    if escrow_grace != policy.close_grace_period_secs {
+        return Err(DaemonError::GracePeriodMismatch {
+            configured: policy.close_grace_period_secs,
+            escrow: escrow_grace,
+        });
+    }
     let sender = Sender::new(
         rpc,
         &key,

@@ -451,4 +451,15 @@ async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("WrongChain"));
     assert!(wrong.stdout.is_empty());
+    // A grace period that is not the escrow's (deadlines read from the escrow would be
+    // computed late): exit 1 before READY, both values named.
+    let grace = run(("SLUICE_DAEMON_POLICY_CLOSE_GRACE_PERIOD_SECS", "900"));
+    assert_eq!(grace.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&grace.stderr);
+    assert!(
+        stderr.contains("close_grace_period_secs is 900 s")
+            && stderr.contains(&format!("CLOSE_GRACE_PERIOD is {GRACE} s")),
+        "{stderr}"
+    );
+    assert!(grace.stdout.is_empty());
 }
