@@ -390,6 +390,9 @@ pub struct ScanReport {
     pub finalized: Vec<ChannelId>,
     /// Logs folded.
     pub events: usize,
+    /// Whether the scan reached the newest confirmed block (`false`: it stopped after its
+    /// range budget, more blocks wait for the next call).
+    pub caught_up: bool,
 }
 
 /// Which channel event a log is, decoded.
@@ -649,7 +652,9 @@ pub fn fold_logs(
 
 /// Scans the escrow's events for `payee` from the state's last block up to the newest block
 /// with `confirmations` confirmations, `range` blocks per request, storing facts and the last
-/// block atomically per range.
+/// block atomically per range; at most `max_ranges` requests per call (a first start far
+/// behind the head catches up over several calls, [`ScanReport::caught_up`] tells when).
+#[allow(clippy::too_many_arguments)]
 pub async fn scan(
     rpc: &Rpc,
     state: &std::sync::Mutex<DaemonState>,
@@ -658,6 +663,7 @@ pub async fn scan(
     confirmations: u64,
     range: u64,
     grace_period: u64,
+    max_ranges: u64,
 ) -> Result<ScanReport, ChainScanError> {
     let head = rpc.head().await?;
     let safe = head.saturating_sub(confirmations.saturating_sub(1));
@@ -671,8 +677,10 @@ pub async fn scan(
     } else {
         last + 1
     };
-    while from <= safe {
-        let to = safe.min(from.saturating_add(range - 1));
+    let mut ranges = 0;
+    while from <= safe && ranges < max_ranges {
+        ranges += 1;
+        let to = safe.min(from.saturating_add(range.max(1) - 1));
         let logs = rpc.logs(from, to, payee).await?;
         {
             let mut state = lock(state);
@@ -689,6 +697,7 @@ pub async fn scan(
         from = to + 1;
     }
     report.last_block = last;
+    report.caught_up = from > safe;
     Ok(report)
 }
 

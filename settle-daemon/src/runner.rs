@@ -93,6 +93,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `eth_getLogs` requests per round at most: a first start far behind the head (a small
+/// `chain.start_block`) catches up over several rounds, each planning with what it has read
+/// (the re-read before each transaction is the truth), instead of one round that plans and
+/// sends nothing, watchtower closes included, until the whole backlog is read.
+const MAX_SCAN_RANGES_PER_ROUND: u64 = 64;
+
 /// The daemon's state while running.
 struct Daemon {
     config: Config,
@@ -105,6 +111,8 @@ struct Daemon {
     feeds: Vec<Arc<dyn SettlementFeed>>,
     /// Notifications sent this process: (channel, kind, value, feed index).
     notified: HashSet<(ChannelId, u8, u64, usize)>,
+    /// Wakes the planning loop (the feed followers, and a scan that has more to read).
+    wake: Arc<Notify>,
 }
 
 /// The HTTP feeds `config` names (`[feed]` or `[[feeds]]`), tokens loaded.
@@ -262,6 +270,7 @@ async fn run_feeds(
         metrics,
         feeds,
         notified: HashSet::new(),
+        wake: Arc::clone(&wake),
         config,
     };
     let mut shutdown = shutdown;
@@ -415,11 +424,16 @@ impl Daemon {
             chain.confirmations,
             chain.log_range,
             self.policy.close_grace_period_secs,
+            MAX_SCAN_RANGES_PER_ROUND,
         )
         .await
         {
             Ok(report) => {
                 self.metrics.scan_ok(report.head, report.last_block);
+                if !report.caught_up {
+                    // The next round follows at once and reads on.
+                    self.wake.notify_one();
+                }
                 if report.events > 0 {
                     tracing::debug!(
                         events = report.events,
