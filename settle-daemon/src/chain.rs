@@ -72,6 +72,8 @@ pub struct Fees {
     pub max_priority_fee_per_gas: u128,
     /// What a transaction pays per gas now (base fee + tip): the policy's gas price.
     pub gas_price: u128,
+    /// The timestamp of the latest block the fees were read from (chain time, unix seconds).
+    pub block_timestamp: u64,
 }
 
 /// A JSON-RPC client of one node and one escrow.
@@ -80,6 +82,28 @@ pub struct Rpc {
     provider: RootProvider<Ethereum>,
     escrow: Address,
     retry: RetryPolicy,
+    /// Parts of the endpoint URL that may hold a credential (password, path, query:
+    /// where hosted nodes put their API keys), removed from every error message.
+    secrets: Vec<String>,
+}
+
+/// The parts of `url` that may be a credential: a password, and a path or query beyond `/`
+/// (`https://mainnet.example/v3/<api key>`), longest first.
+fn url_secrets(url: &reqwest::Url) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path = format!("{path}?{query}");
+        secrets.push(query.to_owned());
+    }
+    if path.len() > 1 {
+        secrets.push(path);
+    }
+    if let Some(password) = url.password() {
+        secrets.push(password.to_owned());
+    }
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
 }
 
 impl Rpc {
@@ -93,9 +117,10 @@ impl Rpc {
         request_timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<Self, ChainError> {
-        let parsed = url
+        let parsed: reqwest::Url = url
             .parse()
             .map_err(|_| ChainError::new(ChainErrorKind::Rejected, "connect", "bad RPC URL"))?;
+        let secrets = url_secrets(&parsed);
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
@@ -107,6 +132,7 @@ impl Rpc {
             provider: RootProvider::new(RpcClient::new(transport, is_local)),
             escrow,
             retry,
+            secrets,
         };
         let actual = rpc
             .retry("eth_chainId", || rpc.provider.get_chain_id())
@@ -134,6 +160,17 @@ impl Rpc {
             ));
         }
         Ok(rpc)
+    }
+
+    /// `error` with the endpoint's credential parts replaced by `<redacted>` (transport errors
+    /// quote the request URL; they reach the logs and the unauthenticated `/health`).
+    fn redact(&self, mut error: ChainError) -> ChainError {
+        for secret in &self.secrets {
+            if error.message.contains(secret.as_str()) {
+                error.message = error.message.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        error
     }
 
     /// The escrow address.
@@ -165,7 +202,7 @@ impl Rpc {
         let mut backoff = self.retry.initial_backoff;
         let mut retries = 0;
         loop {
-            match f().await {
+            match f().await.map_err(|e| self.redact(e)) {
                 Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
                     retries += 1;
                     tracing::debug!(operation, retries, error = %e, "retrying");
@@ -228,6 +265,19 @@ impl Rpc {
             }));
         }
         Ok(out)
+    }
+
+    /// The escrow's `CLOSE_GRACE_PERIOD` (seconds).
+    pub async fn close_grace_period(&self) -> Result<u64, ChainError> {
+        const OPERATION: &str = "CLOSE_GRACE_PERIOD";
+        self.retry_classified(OPERATION, || async {
+            SluiceEscrow::new(self.escrow, &self.provider)
+                .CLOSE_GRACE_PERIOD()
+                .call()
+                .await
+                .map_err(|e| classify_contract_error(OPERATION, e))
+        })
+        .await
     }
 
     /// The account's nonce: mined transactions only (`latest`) or with the pool's (`pending`).
@@ -310,6 +360,7 @@ impl Rpc {
             max_fee_per_gas: base.saturating_mul(2).saturating_add(tip),
             max_priority_fee_per_gas: tip,
             gas_price: base.saturating_add(tip),
+            block_timestamp: block.header.timestamp,
         })
     }
 
@@ -339,6 +390,9 @@ pub struct ScanReport {
     pub finalized: Vec<ChannelId>,
     /// Logs folded.
     pub events: usize,
+    /// Whether the scan reached the newest confirmed block (`false`: it stopped after its
+    /// range budget, more blocks wait for the next call).
+    pub caught_up: bool,
 }
 
 /// Which channel event a log is, decoded.
@@ -551,9 +605,56 @@ pub fn fold_read(facts: &mut ChainFacts, read: &OnChainChannel) {
     facts.close_requested_at = read.close_requested_at;
 }
 
+/// Folds one range's logs into the facts of the channels they touch (`stored` gives a
+/// channel's facts before the range), **in chain order** (block number, then log index): a
+/// node's answer is not trusted to be sorted, and the order matters (a `CloseRequested` folded
+/// after the `CloseRequestCancelled` that followed it would leave a cancelled request standing,
+/// and the watchtower would close a channel the payer kept).
+pub fn fold_logs(
+    logs: &[Log],
+    grace_period: u64,
+    mut stored: impl FnMut(&ChannelId) -> Result<ChainFacts, StateError>,
+    report: &mut ScanReport,
+) -> Result<BTreeMap<ChannelId, ChainFacts>, StateError> {
+    let mut ordered: Vec<&Log> = logs.iter().collect();
+    // Stable: logs without a position (never from a mined block) keep their relative order.
+    ordered.sort_by_key(|log| {
+        (
+            log.block_number.unwrap_or(u64::MAX),
+            log.log_index.unwrap_or(u64::MAX),
+        )
+    });
+    let mut touched: BTreeMap<ChannelId, ChainFacts> = BTreeMap::new();
+    for log in ordered {
+        let Some(event) = decode_event(&log.inner) else {
+            continue;
+        };
+        let channel = event.channel();
+        let facts = match touched.get_mut(&channel) {
+            Some(facts) => facts,
+            None => {
+                let before = stored(&channel)?;
+                touched.entry(channel).or_insert(before)
+            }
+        };
+        fold_event(facts, &event, grace_period);
+        report.events += 1;
+        match event {
+            EscrowEvent::CloseRequested { .. } => report.close_requested.push(channel),
+            EscrowEvent::Closed { .. } | EscrowEvent::Expired { .. } => {
+                report.finalized.push(channel);
+            }
+            _ => {}
+        }
+    }
+    Ok(touched)
+}
+
 /// Scans the escrow's events for `payee` from the state's last block up to the newest block
 /// with `confirmations` confirmations, `range` blocks per request, storing facts and the last
-/// block atomically per range.
+/// block atomically per range; at most `max_ranges` requests per call (a first start far
+/// behind the head catches up over several calls, [`ScanReport::caught_up`] tells when).
+#[allow(clippy::too_many_arguments)]
 pub async fn scan(
     rpc: &Rpc,
     state: &std::sync::Mutex<DaemonState>,
@@ -562,6 +663,7 @@ pub async fn scan(
     confirmations: u64,
     range: u64,
     grace_period: u64,
+    max_ranges: u64,
 ) -> Result<ScanReport, ChainScanError> {
     let head = rpc.head().await?;
     let safe = head.saturating_sub(confirmations.saturating_sub(1));
@@ -575,34 +677,19 @@ pub async fn scan(
     } else {
         last + 1
     };
-    while from <= safe {
-        let to = safe.min(from.saturating_add(range - 1));
+    let mut ranges = 0;
+    while from <= safe && ranges < max_ranges {
+        ranges += 1;
+        let to = safe.min(from.saturating_add(range.max(1) - 1));
         let logs = rpc.logs(from, to, payee).await?;
-        let mut touched: BTreeMap<ChannelId, ChainFacts> = BTreeMap::new();
         {
             let mut state = lock(state);
-            for log in &logs {
-                let Some(event) = decode_event(&log.inner) else {
-                    continue;
-                };
-                let channel = event.channel();
-                let facts = match touched.get_mut(&channel) {
-                    Some(facts) => facts,
-                    None => {
-                        let stored = state.chain_facts(&channel)?.unwrap_or_default();
-                        touched.entry(channel).or_insert(stored)
-                    }
-                };
-                fold_event(facts, &event, grace_period);
-                report.events += 1;
-                match event {
-                    EscrowEvent::CloseRequested { .. } => report.close_requested.push(channel),
-                    EscrowEvent::Closed { .. } | EscrowEvent::Expired { .. } => {
-                        report.finalized.push(channel);
-                    }
-                    _ => {}
-                }
-            }
+            let touched = fold_logs(
+                &logs,
+                grace_period,
+                |channel| Ok(state.chain_facts(channel)?.unwrap_or_default()),
+                &mut report,
+            )?;
             let facts: Vec<_> = touched.into_iter().collect();
             state.apply_chain_facts(&facts, Some(to))?;
         }
@@ -610,6 +697,7 @@ pub async fn scan(
         from = to + 1;
     }
     report.last_block = last;
+    report.caught_up = from > safe;
     Ok(report)
 }
 
@@ -728,6 +816,94 @@ mod tests {
             reason: 3,
         });
         assert_eq!(decode_event(&other), None);
+    }
+
+    #[test]
+    fn a_range_is_folded_in_chain_order_whatever_order_the_node_answers_in() {
+        let channel = B256::repeat_byte(7);
+        let payer = Address::repeat_byte(1);
+        let payee = Address::repeat_byte(2);
+        let at = |event: PrimitiveLog, block: u64, index: u64| Log {
+            inner: event,
+            block_number: Some(block),
+            log_index: Some(index),
+            ..Log::default()
+        };
+        // Block 10: the payer requests a close; block 11: a top-up cancels it (the escrow emits
+        // the cancel, then the top-up).
+        let chain_order = vec![
+            at(
+                log_of(&SluiceEscrow::CloseRequested {
+                    channelId: channel,
+                    payer,
+                    payee,
+                    closeGraceEnd: U256::from(1_120),
+                }),
+                10,
+                0,
+            ),
+            at(
+                log_of(&SluiceEscrow::CloseRequestCancelled {
+                    channelId: channel,
+                    payer,
+                    payee,
+                }),
+                11,
+                3,
+            ),
+            at(
+                log_of(&SluiceEscrow::TopUp {
+                    channelId: channel,
+                    payer,
+                    payee,
+                    additionalDeposit: U256::from(500),
+                    newDeposit: U256::from(1_500),
+                }),
+                11,
+                4,
+            ),
+        ];
+        let stored = ChainFacts {
+            deposit: 1_000,
+            ..ChainFacts::default()
+        };
+        let mut reversed = chain_order.clone();
+        reversed.reverse();
+        for logs in [chain_order, reversed] {
+            let mut report = ScanReport::default();
+            let touched = fold_logs(&logs, 120, |_| Ok(stored), &mut report).expect("folds");
+            let facts = touched[&channel];
+            assert_eq!(facts.close_requested_at, 0, "the request was cancelled");
+            assert_eq!(facts.deposit, 1_500);
+            assert_eq!(report.events, 3);
+            assert_eq!(report.close_requested, vec![channel]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_key_in_the_rpc_url_stays_out_of_error_messages() {
+        let retry = RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        // Nothing listens on port 1: the transport error quotes the request URL.
+        let error = Rpc::connect(
+            "http://user:hunter2@127.0.0.1:1/v3/0123456789abcdef?apikey=s3cr3t",
+            1,
+            Address::repeat_byte(1),
+            Duration::from_millis(500),
+            retry,
+        )
+        .await
+        .expect_err("nothing listens");
+        assert_eq!(error.kind, ChainErrorKind::Transport);
+        let shown = format!("{error} {error:?}");
+        for secret in ["0123456789abcdef", "s3cr3t", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // The host stays, for the operator.
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
     }
 
     #[test]

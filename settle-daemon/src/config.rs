@@ -681,9 +681,15 @@ impl Config {
         self.validate_feeds(feeds_required)?;
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         if !url_ok(&self.chain.rpc_url) {
+            // Only the scheme is echoed: hosted nodes carry an API key in the rest of the URL.
+            let scheme = self
+                .chain
+                .rpc_url
+                .split_once("://")
+                .map_or("(no scheme)", |(scheme, _)| scheme);
             return invalid(
                 "chain.rpc_url",
-                self.chain.rpc_url.clone(),
+                format!("{scheme}://…"),
                 "must be an http(s) URL",
             );
         }

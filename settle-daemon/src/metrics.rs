@@ -135,9 +135,13 @@ impl Metrics {
                 .feeds
                 .iter()
                 .filter(|(_, f)| !fresh(f.ok))
-                .map(|(name, f)| match &f.error {
-                    Some(e) => format!("feed {name}: {e}"),
-                    None => format!("feed {name}: no successful pull yet"),
+                .map(|(name, f)| match (&f.error, f.ok) {
+                    (Some(e), _) => format!("feed {name}: {e}"),
+                    (None, Some(at)) => format!(
+                        "feed {name}: last successful pull {} s ago",
+                        at.elapsed().as_secs()
+                    ),
+                    (None, None) => format!("feed {name}: no successful pull yet"),
                 })
                 .collect();
             if m.feeds.is_empty() {
@@ -147,9 +151,14 @@ impl Metrics {
                 return Some(stale.join("; "));
             }
             if !fresh(m.scan_ok) {
-                return Some(match &m.scan_error {
-                    Some(e) => format!("scan: {e}"),
-                    None => "scan: no successful scan yet".into(),
+                return Some(match (&m.scan_error, m.scan_ok) {
+                    (Some(e), _) => format!("scan: {e}"),
+                    // No error, only old: the round is busy (e.g. waiting for a transaction).
+                    (None, Some(at)) => format!(
+                        "scan: last successful scan {} s ago",
+                        at.elapsed().as_secs()
+                    ),
+                    (None, None) => "scan: no successful scan yet".into(),
                 });
             }
             None
@@ -286,6 +295,19 @@ mod tests {
         );
         m.scan_ok(1, 1);
         assert_eq!(m.unhealthy(Duration::from_secs(60)), None);
+        // Stale without an error (the round busy, e.g. waiting for a transaction): the reason
+        // says how old, not "none yet".
+        let two_minutes_ago = Instant::now() - Duration::from_secs(120);
+        m.with(|m| m.scan_ok = Some(two_minutes_ago));
+        assert_eq!(
+            m.unhealthy(Duration::from_secs(60)).as_deref(),
+            Some("scan: last successful scan 120 s ago")
+        );
+        m.with(|m| m.feeds.get_mut("a").expect("feed a").ok = Some(two_minutes_ago));
+        assert_eq!(
+            m.unhealthy(Duration::from_secs(60)).as_deref(),
+            Some("feed a: last successful pull 120 s ago")
+        );
         let failing = Metrics::default();
         failing.feed_failed("a", "refused".into());
         assert_eq!(

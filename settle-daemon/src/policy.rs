@@ -116,6 +116,10 @@ pub struct PolicyConfig {
 impl PolicyConfig {
     /// How many items one batch can hold under both `batch_size` and `max_gas_per_batch`.
     pub fn items_per_batch(&self) -> usize {
+        if self.gas_per_batch_base > self.max_gas_per_batch {
+            // Not even an empty batch fits (whatever an item costs, including nothing).
+            return 0;
+        }
         let room = self
             .max_gas_per_batch
             .saturating_sub(self.gas_per_batch_base);
@@ -142,6 +146,11 @@ pub struct Market {
     /// What one gas costs in the channel token's base units (the caller converts; on a chain
     /// whose fees are paid in the token this is the gas price in that token).
     pub token_per_gas: u128,
+    /// The latest block's timestamp, unix seconds (0 when unknown). A close request's grace
+    /// deadline is in chain time (the escrow compares it with `block.timestamp`): the
+    /// watchtower's urgency uses the later of `now` and this, so a chain clock running ahead
+    /// of the daemon's cannot make a deadline look further away than it is.
+    pub chain_now: u64,
 }
 
 /// One transaction to send.
@@ -343,7 +352,8 @@ fn classify(view: &ChannelView, config: &PolicyConfig, market: &Market) -> Class
         && unsettled > 0
     {
         let deadline = requested_at.saturating_add(config.close_grace_period_secs);
-        let urgent = market.now.saturating_add(config.watchtower_margin_secs) >= deadline;
+        let now = market.now.max(market.chain_now);
+        let urgent = now.saturating_add(config.watchtower_margin_secs) >= deadline;
         return Class::Watchtower { deadline, urgent };
     }
     if view.status == EngineStatus::Closing {

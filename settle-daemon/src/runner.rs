@@ -65,6 +65,18 @@ pub enum DaemonError {
     /// Scanning.
     #[error(transparent)]
     Scan(#[from] ChainScanError),
+    /// `policy.close_grace_period_secs` is not the escrow's: watchtower deadlines of close
+    /// requests read from the escrow (request time + grace period) would be wrong, and a
+    /// deadline computed later than the escrow's misses the close.
+    #[error(
+        "policy.close_grace_period_secs is {configured} s but the escrow's CLOSE_GRACE_PERIOD is {escrow} s"
+    )]
+    GracePeriodMismatch {
+        /// The configured value.
+        configured: u64,
+        /// The escrow's.
+        escrow: u64,
+    },
     /// The metrics listener could not be bound.
     #[error("cannot listen on {addr}: {kind}")]
     Listen {
@@ -81,6 +93,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `eth_getLogs` requests per round at most: a first start far behind the head (a small
+/// `chain.start_block`) catches up over several rounds, each planning with what it has read
+/// (the re-read before each transaction is the truth), instead of one round that plans and
+/// sends nothing, watchtower closes included, until the whole backlog is read.
+const MAX_SCAN_RANGES_PER_ROUND: u64 = 64;
+
 /// The daemon's state while running.
 struct Daemon {
     config: Config,
@@ -93,6 +111,8 @@ struct Daemon {
     feeds: Vec<Arc<dyn SettlementFeed>>,
     /// Notifications sent this process: (channel, kind, value, feed index).
     notified: HashSet<(ChannelId, u8, u64, usize)>,
+    /// Wakes the planning loop (the feed followers, and a scan that has more to read).
+    wake: Arc<Notify>,
 }
 
 /// The HTTP feeds `config` names (`[feed]` or `[[feeds]]`), tokens loaded.
@@ -169,6 +189,13 @@ async fn run_feeds(
     )
     .await?;
     let policy = config.policy_config();
+    let escrow_grace = rpc.close_grace_period().await?;
+    if escrow_grace != policy.close_grace_period_secs {
+        return Err(DaemonError::GracePeriodMismatch {
+            configured: policy.close_grace_period_secs,
+            escrow: escrow_grace,
+        });
+    }
     let sender = Sender::new(
         rpc,
         &key,
@@ -178,6 +205,7 @@ async fn run_feeds(
             poll: Duration::from_millis(config.chain.poll_ms),
             replace_after: Duration::from_secs(config.chain.replace_after_secs),
             max_gas: policy.max_gas_per_batch,
+            max_gas_price: policy.max_gas_price,
         },
     )?;
     tracing::info!(
@@ -242,6 +270,7 @@ async fn run_feeds(
         metrics,
         feeds,
         notified: HashSet::new(),
+        wake: Arc::clone(&wake),
         config,
     };
     let mut shutdown = shutdown;
@@ -268,6 +297,35 @@ async fn run_feeds(
     drop(state);
     tracing::info!("settlement daemon stopped");
     Ok(())
+}
+
+/// The `close` arguments for a channel whose latest voucher is `voucher`, given the escrow's
+/// facts read just before: the voucher when it is above the settled amount and within the
+/// deposit; no voucher (amount 0) when nothing above the settled amount is held. `None` when
+/// the voucher is above the settled amount **and** above the deposit read (a top-up the
+/// engine saw that this read does not show yet, or a lagging node): a close then would
+/// finalize the channel paying only the settled amount and refund the voucher's value to the
+/// payer, so the close waits for a read that shows the deposit.
+fn close_args(
+    voucher: Option<crate::policy::Voucher>,
+    facts: &ChainFacts,
+) -> Option<(u128, Bytes)> {
+    match voucher {
+        Some(v) if v.amount > facts.settled => {
+            (v.amount <= facts.deposit).then(|| (v.amount, Bytes::copy_from_slice(&v.signature)))
+        }
+        _ => Some((0, Bytes::new())),
+    }
+}
+
+/// Whether a planned close still holds once the escrow was re-read: the engine marked the
+/// channel closing (a cooperative close, or a close request it saw: its closing status
+/// sticks), or the escrow still shows a close request. A watchtower close planned from a
+/// request that a top-up has cancelled since (the re-read shows it; the scan, `confirmations`
+/// behind the head, saw the request's block but not yet the cancel's) would finalize a
+/// channel the payer is still using.
+fn close_still_wanted(facts: &ChainFacts, engine: Option<EngineStatus>) -> bool {
+    facts.close_requested_at != 0 || engine == Some(EngineStatus::Closing)
 }
 
 async fn serve_metrics(State((metrics, _)): State<(Arc<Metrics>, Duration)>) -> Response {
@@ -366,11 +424,16 @@ impl Daemon {
             chain.confirmations,
             chain.log_range,
             self.policy.close_grace_period_secs,
+            MAX_SCAN_RANGES_PER_ROUND,
         )
         .await
         {
             Ok(report) => {
                 self.metrics.scan_ok(report.head, report.last_block);
+                if !report.caught_up {
+                    // The next round follows at once and reads on.
+                    self.wake.notify_one();
+                }
                 if report.events > 0 {
                     tracing::debug!(
                         events = report.events,
@@ -485,6 +548,7 @@ impl Daemon {
             now: unix_now(),
             gas_price: fees.gas_price,
             token_per_gas: self.config.policy.token_per_gas.0,
+            chain_now: fees.block_timestamp,
         };
         let plan = policy::plan(&views, &self.policy, &market);
         if !plan.actions.is_empty() {
@@ -570,15 +634,22 @@ impl Daemon {
                             }
                         }
                     }
-                    Action::Close(_) => {
-                        let (amount, signature) = match voucher {
-                            Some(v) if v.amount > f.settled && v.amount <= f.deposit => {
-                                (v.amount, Bytes::copy_from_slice(&v.signature))
-                            }
-                            _ => (0, Bytes::new()),
-                        };
-                        close = Some((*id, amount, signature));
+                    Action::Close(_) if !close_still_wanted(f, engine.map(|e| e.status)) => {
+                        tracing::info!(
+                            channel = %id,
+                            "the close request was cancelled (a top-up) and the engine did not \
+                             mark the channel closing: not closing"
+                        );
                     }
+                    Action::Close(_) => match close_args(voucher, f) {
+                        Some((amount, signature)) => close = Some((*id, amount, signature)),
+                        None => tracing::warn!(
+                            channel = %id,
+                            deposit = f.deposit,
+                            "the voucher is above the deposit read from the chain; not closing \
+                             (a close now would give it up), retried next round"
+                        ),
+                    },
                 }
             }
             match (action, close) {
@@ -672,9 +743,6 @@ impl Daemon {
             TxKind::SettleBatch => "settle_batch",
             TxKind::Close => "close",
         };
-        self.metrics.batch(kind, mined.gas_used);
-        self.metrics
-            .transaction(if mined.success { "mined" } else { "reverted" });
         tracing::info!(
             nonce = record.nonce,
             hash = %mined.hash,
@@ -689,6 +757,8 @@ impl Daemon {
         let ids: Vec<ChannelId> = record.channels.iter().map(|(id, _)| *id).collect();
         // Settled and closed amounts come from the receipt; skipped or reverted items from a
         // fresh read (the chain is the truth).
+        // Counted only once the receipt's facts are stored: a failure before that (the re-read
+        // below) leaves the record, and the next round drives and applies it again.
         let mut facts = self.reread(&ids).await?;
         {
             let mut state = lock(&self.state);
@@ -703,7 +773,6 @@ impl Daemon {
                 }
             }
             for (id, amount, reason) in &mined.skipped {
-                self.metrics.error("skipped_item");
                 tracing::warn!(channel = %id, amount, reason, "the escrow skipped an item");
                 if matches!(
                     *reason,
@@ -712,17 +781,22 @@ impl Daemon {
                     state.record_refused(id, *amount)?;
                 }
             }
+            // A reverted transaction refuses none of its vouchers: the escrow checked none of
+            // them (a bad signature is a `SettleSkipped` item, or a `close` whose estimate
+            // reverts and is never sent), and every transaction passed its gas estimate just
+            // before, so a revert means the chain changed in between (a token refusing
+            // transfers for a while, a gas estimate overtaken). The channels are re-planned
+            // from the re-read facts and the next transaction is estimated again first.
+            state.finish_tx(record, &facts)?;
+            self.metrics.batch(kind, mined.gas_used);
+            self.metrics
+                .transaction(if mined.success { "mined" } else { "reverted" });
+            for _ in &mined.skipped {
+                self.metrics.error("skipped_item");
+            }
             if !mined.success {
                 self.metrics.error("tx");
-                for (id, amount) in &record.channels {
-                    let live = facts.iter().any(|(c, f)| c == id && !f.finalized);
-                    if live {
-                        // Not finalized and the call reverted: do not repeat this voucher.
-                        state.record_refused(id, *amount)?;
-                    }
-                }
             }
-            state.finish_tx(record, &facts)?;
             for (id, settled) in &mined.settled {
                 state.settlement_confirmed(id, *settled, unix_now())?;
             }
@@ -783,5 +857,54 @@ impl Daemon {
                 self.metrics.error("engine_refresh");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{SIGNATURE_LEN, Voucher};
+
+    fn facts(deposit: u128, settled: u128) -> ChainFacts {
+        ChainFacts {
+            deposit,
+            settled,
+            ..ChainFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_cancelled_close_request_is_not_closed_unless_the_engine_is_closing() {
+        let requested = ChainFacts {
+            close_requested_at: 1_000,
+            ..facts(1_000, 0)
+        };
+        let cancelled = facts(2_000, 0);
+        assert!(close_still_wanted(&requested, Some(EngineStatus::Open)));
+        assert!(close_still_wanted(&cancelled, Some(EngineStatus::Closing)));
+        assert!(!close_still_wanted(&cancelled, Some(EngineStatus::Open)));
+        assert!(!close_still_wanted(&cancelled, None));
+    }
+
+    #[test]
+    fn a_close_never_gives_up_a_voucher_above_the_deposit_read() {
+        let voucher = Voucher {
+            amount: 1_500,
+            signature: [7; SIGNATURE_LEN],
+        };
+        // Within the deposit: closed with the voucher.
+        assert_eq!(
+            close_args(Some(voucher), &facts(2_000, 100)),
+            Some((1_500, Bytes::copy_from_slice(&[7; SIGNATURE_LEN])))
+        );
+        // The read shows a deposit below the voucher (a top-up it does not show yet): closing
+        // with amount 0 would finalize at 100 and refund the payer 1,400 it owes; no close.
+        assert_eq!(close_args(Some(voucher), &facts(1_000, 100)), None);
+        // Nothing above the settled amount: closed without a voucher.
+        assert_eq!(
+            close_args(Some(voucher), &facts(1_000, 1_500)),
+            Some((0, Bytes::new()))
+        );
+        assert_eq!(close_args(None, &facts(1_000, 0)), Some((0, Bytes::new())));
     }
 }

@@ -155,6 +155,21 @@ pub fn bumped(previous: &TxAttempt, market: Fees) -> (u128, u128) {
     (max_fee, tip)
 }
 
+/// The fees of a replacement of `previous` ([`bumped`]), or `None` when they would pass the
+/// ceiling: the larger of `max_gas_price` (the operator's cap) and twice the market's max fee.
+/// A transaction that stays unmined while its fees already cover the market (a halted chain,
+/// a pool that does not relay it, a nonce gap from another user of the key) would otherwise
+/// be re-priced 12.5% up every `replace_after` without end, and pay that tip once it is mined.
+pub fn replacement_fees(
+    previous: &TxAttempt,
+    market: Fees,
+    max_gas_price: u128,
+) -> Option<(u128, u128)> {
+    let (max_fee, tip) = bumped(previous, market);
+    let ceiling = max_gas_price.max(market.max_fee_per_gas.saturating_mul(2));
+    (max_fee <= ceiling).then_some((max_fee, tip))
+}
+
 /// Timing of [`Sender`].
 #[derive(Clone, Copy, Debug)]
 pub struct SenderConfig {
@@ -166,6 +181,9 @@ pub struct SenderConfig {
     pub replace_after: Duration,
     /// Gas limit cap.
     pub max_gas: u64,
+    /// The policy's gas price cap (wei per gas): replacements raise fees up to the larger of
+    /// it and twice the market's max fee, no further ([`replacement_fees`]).
+    pub max_gas_price: u128,
 }
 
 /// The payee's only transaction sender: it owns the account's nonce.
@@ -424,9 +442,22 @@ impl Sender {
             }
         }
         let stuck = unix_now().saturating_sub(last.sent_at) >= self.config.replace_after.as_secs();
-        if stuck {
+        let replacement = if stuck {
             let market = self.rpc.fees().await?;
-            let (max_fee, tip) = bumped(&last, market);
+            let fees = replacement_fees(&last, market, self.config.max_gas_price);
+            if fees.is_none() {
+                tracing::debug!(
+                    nonce = record.nonce,
+                    hash = %last.hash,
+                    max_fee = last.max_fee_per_gas,
+                    "not mined, but its fees are at the ceiling: waiting, not re-pricing"
+                );
+            }
+            fees
+        } else {
+            None
+        };
+        if let Some((max_fee, tip)) = replacement {
             let input = decode_input(&last.raw).ok_or_else(|| {
                 TxError::Sign(format!(
                     "recorded transaction {} does not decode",
@@ -477,6 +508,7 @@ mod tests {
             max_fee_per_gas: 10,
             max_priority_fee_per_gas: 1,
             gas_price: 5,
+            block_timestamp: 0,
         };
         let (max_fee, tip) = bumped(&previous, calm);
         assert!(max_fee * 8 >= 1_000 * 9 && tip * 8 >= 100 * 9);
@@ -485,6 +517,7 @@ mod tests {
             max_fee_per_gas: 5_000,
             max_priority_fee_per_gas: 400,
             gas_price: 3_000,
+            block_timestamp: 0,
         };
         assert_eq!(bumped(&previous, busy), (5_000, 400));
         // Tiny fees still move.
@@ -495,6 +528,49 @@ mod tests {
         };
         let (max_fee, tip) = bumped(&tiny, calm);
         assert!(max_fee > 1 && tip > 0 && max_fee >= tip);
+    }
+
+    #[test]
+    fn replacements_stop_at_the_ceiling_while_the_market_stands_still() {
+        // A halted chain: the market does not move and the transaction is never mined. Every
+        // replacement is a real bump, none passes the ceiling, and they stop.
+        let market = Fees {
+            max_fee_per_gas: 3_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            gas_price: 2_000_000_000,
+            block_timestamp: 0,
+        };
+        let cap = 100_000_000_000;
+        let mut last = TxAttempt {
+            hash: B256::ZERO,
+            max_fee_per_gas: market.max_fee_per_gas,
+            max_priority_fee_per_gas: market.max_priority_fee_per_gas,
+            raw: Bytes::new(),
+            sent_at: 0,
+        };
+        let mut replacements = 0;
+        while let Some((max_fee, tip)) = replacement_fees(&last, market, cap) {
+            assert!(
+                max_fee * 8 >= last.max_fee_per_gas * 9
+                    && tip * 8 >= last.max_priority_fee_per_gas * 9
+            );
+            assert!(max_fee <= cap && tip <= max_fee);
+            last.max_fee_per_gas = max_fee;
+            last.max_priority_fee_per_gas = tip;
+            replacements += 1;
+            assert!(replacements < 100, "replacements never stop");
+        }
+        // 3 gwei → at most 100 gwei in 12.5% steps: about 30 replacements, then none.
+        assert!((25..=35).contains(&replacements), "{replacements}");
+        // A market above the cap (an urgent close goes out anyway) still gets replacements,
+        // up to twice its max fee.
+        let busy = Fees {
+            max_fee_per_gas: 400_000_000_000,
+            max_priority_fee_per_gas: 2_000_000_000,
+            ..market
+        };
+        let (max_fee, _) = replacement_fees(&last, busy, cap).expect("follows the market");
+        assert!(max_fee >= busy.max_fee_per_gas && max_fee <= 2 * busy.max_fee_per_gas);
     }
 
     #[test]

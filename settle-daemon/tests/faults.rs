@@ -388,3 +388,81 @@ async fn sigkill_at_random_points_never_pays_twice_and_never_loses_a_voucher() {
         logs.matches("reconciling a recorded transaction").count()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_applied_after_failed_attempts_is_counted_once() {
+    // The batch is mined, but the re-read that applies its receipt (`getChannelsBatch`, an
+    // `eth_call`) fails for a while: the record stays and later rounds drive and apply it
+    // again. The metrics count the transaction once, when its facts are stored.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    let mut payer = world.payer(1, 2 * DEPOSIT).await;
+    let mut vouchers = Vec::new();
+    for (i, amount) in [(0x81u8, 11_000u128), (0x82, 12_000)] {
+        let channel = payer
+            .open(&world, DEPOSIT, B256::repeat_byte(i), PRICE)
+            .await;
+        payer.voucher(&world, channel, amount).await;
+        vouchers.push((channel, amount));
+    }
+    let failing = Arc::new(AtomicBool::new(false));
+    let proxy = FlakyProxy::start_inspecting(world.rpc_addr(), {
+        let failing = Arc::clone(&failing);
+        move |_, request| {
+            let call = String::from_utf8_lossy(request).contains("\"eth_call\"");
+            if call && failing.load(Ordering::SeqCst) {
+                Fault::ServerError
+            } else {
+                Fault::Pass
+            }
+        }
+    })
+    .await;
+    world.automine(false).await;
+    let config = world.daemon_config(&proxy.url(), &DaemonSettings::default());
+    let daemon = world.start_daemon(&config);
+    let payee = world.payee.address();
+    let (_, batch, _) = pending_tx(&world, payee).await;
+    failing.store(true, Ordering::SeqCst);
+    world.mine().await;
+    eventually(
+        "two applications failed",
+        Duration::from_secs(60),
+        || async {
+            let text = daemon.metrics().await;
+            metric(&text, "sluice_daemon_errors_total{kind=\"rpc\"}").unwrap_or(0)
+                + metric(&text, "sluice_daemon_errors_total{kind=\"tx\"}").unwrap_or(0)
+                >= 2
+        },
+    )
+    .await;
+    failing.store(false, Ordering::SeqCst);
+    world.automine(true).await;
+    eventually("the receipt applied", Duration::from_secs(30), || async {
+        metric(&daemon.metrics().await, "sluice_daemon_channels_pending") == Some(0)
+    })
+    .await;
+    for (channel, amount) in &vouchers {
+        assert_eq!(world.channel(*channel).await.settled, *amount);
+    }
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"settle_batch\"}"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sluice_daemon_transactions_total{outcome=\"mined\"}"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sluice_daemon_gas_used_total"),
+        Some(u128::from(world.gas_used(batch).await)),
+        "{text}"
+    );
+    assert!(proxy.count(Fault::ServerError) > 0);
+}

@@ -293,6 +293,142 @@ async fn confirmations_gate_both_events_and_receipts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_request_cancelled_by_a_top_up_does_not_close_the_channel() {
+    // With 2 confirmations the daemon scans the block of the payer's `requestClose` while the
+    // `topUp` that cancels it (the next block) is still unconfirmed: it plans a watchtower
+    // close. The re-read before sending shows no request any more and the engine never marked
+    // the channel closing, so the payer keeps its channel.
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    let mut payer = world.payer(1, 2 * DEPOSIT).await;
+    let channel = payer
+        .open(&world, DEPOSIT, B256::repeat_byte(0x51), PRICE)
+        .await;
+    payer.voucher(&world, channel, 20_000).await;
+    let config = world.daemon_config(
+        &world.rpc_url(),
+        &DaemonSettings {
+            confirmations: 2,
+            min_unsettled_amount: 1_000_000_000_000,
+            ..DaemonSettings::default()
+        },
+    );
+    let daemon = world.start_daemon(&config);
+    eventually(
+        "the daemon holds the voucher",
+        Duration::from_secs(30),
+        || async {
+            metric(&daemon.metrics().await, "sluice_daemon_unsettled_amount") == Some(20_000)
+        },
+    )
+    .await;
+    assert!(world.send_raw(payer.request_close(channel)).await);
+    let requested_in = world.chain_head().await;
+    assert!(world.send_raw(payer.top_up(channel, DEPOSIT)).await);
+    assert_eq!(world.channel(channel).await.closeRequestedAt, 0);
+    // No block is mined until the daemon has scanned the request's block (the cancel's has one
+    // confirmation only).
+    eventually(
+        "the daemon scanned the request",
+        Duration::from_secs(30),
+        || async {
+            metric(&daemon.metrics().await, "sluice_daemon_last_block")
+                >= Some(u128::from(requested_in))
+        },
+    )
+    .await;
+    // A round after the one that scanned the request's block has scanned the cancel's.
+    eventually(
+        "the daemon scanned the cancelling top-up",
+        Duration::from_secs(30),
+        || async {
+            world.mine().await;
+            metric(&daemon.metrics().await, "sluice_daemon_last_block")
+                >= Some(u128::from(requested_in + 1))
+        },
+    )
+    .await;
+    let on_chain = world.channel(channel).await;
+    assert!(
+        !on_chain.finalized,
+        "the daemon closed a channel the payer kept"
+    );
+    assert_eq!(on_chain.deposit, 2 * DEPOSIT);
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, "sluice_daemon_batches_total{kind=\"close\"}"),
+        None,
+        "{text}"
+    );
+    // The session goes on: the engine takes a higher voucher.
+    assert_eq!(payer.try_voucher(&world, channel, 30_000).await, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_reverted_once_is_settled_again_once_it_can_be() {
+    // The batch passes its gas estimate and waits in the pool; before it is mined the token
+    // starts refusing transfers (its code swapped for `revert(0, 0)`, as a paused token
+    // would), so the batch reverts. The token comes back: the vouchers, which the escrow never
+    // refused, are settled by a new batch.
+    const DEPOSIT: u128 = 100_000;
+    let world = World::start().await;
+    let mut payer = world.payer(1, 2 * DEPOSIT).await;
+    let mut vouchers = Vec::new();
+    for (i, amount) in [(0x61u8, 11_000u128), (0x62, 12_000)] {
+        let channel = payer
+            .open(&world, DEPOSIT, B256::repeat_byte(i), PRICE)
+            .await;
+        payer.voucher(&world, channel, amount).await;
+        vouchers.push((channel, amount));
+    }
+    world.automine(false).await;
+    let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
+    let daemon = world.start_daemon(&config);
+    let payee = world.payee.address();
+    eventually("the batch in the pool", Duration::from_secs(30), || async {
+        !world.pool_of(payee).await.is_empty()
+    })
+    .await;
+    let code = world
+        .rpc("eth_getCode", serde_json::json!([world.token, "latest"]))
+        .await;
+    world
+        .rpc(
+            "anvil_setCode",
+            serde_json::json!([world.token, "0x60006000fd"]),
+        )
+        .await;
+    world.mine().await;
+    eventually("the revert counted", Duration::from_secs(30), || async {
+        metric(
+            &daemon.metrics().await,
+            "sluice_daemon_transactions_total{outcome=\"reverted\"}",
+        ) == Some(1)
+    })
+    .await;
+    for (channel, _) in &vouchers {
+        assert_eq!(world.channel(*channel).await.settled, 0);
+    }
+    world
+        .rpc("anvil_setCode", serde_json::json!([world.token, code]))
+        .await;
+    world.automine(true).await;
+    eventually(
+        "settled after the revert",
+        Duration::from_secs(30),
+        || async {
+            let mut all = true;
+            for (channel, amount) in &vouchers {
+                all &= world.channel(*channel).await.settled == *amount;
+            }
+            all
+        },
+    )
+    .await;
+    assert_eq!(world.balance(payee).await, 11_000 + 12_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
     let world = World::start().await;
     let config = world.daemon_config(&world.rpc_url(), &DaemonSettings::default());
@@ -315,4 +451,15 @@ async fn a_bad_config_or_the_wrong_chain_stops_the_daemon_before_ready() {
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("WrongChain"));
     assert!(wrong.stdout.is_empty());
+    // A grace period that is not the escrow's (deadlines read from the escrow would be
+    // computed late): exit 1 before READY, both values named.
+    let grace = run(("SLUICE_DAEMON_POLICY_CLOSE_GRACE_PERIOD_SECS", "900"));
+    assert_eq!(grace.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&grace.stderr);
+    assert!(
+        stderr.contains("close_grace_period_secs is 900 s")
+            && stderr.contains(&format!("CLOSE_GRACE_PERIOD is {GRACE} s")),
+        "{stderr}"
+    );
+    assert!(grace.stdout.is_empty());
 }

@@ -70,6 +70,15 @@ impl FlakyProxy {
         upstream: SocketAddr,
         plan: impl Fn(u64) -> Fault + Send + Sync + 'static,
     ) -> Self {
+        Self::start_inspecting(upstream, move |n, _| plan(n)).await
+    }
+
+    /// [`FlakyProxy::start`] with a plan that also sees the request (HTTP head and body), so a
+    /// test can fault one JSON-RPC method only.
+    pub async fn start_inspecting(
+        upstream: SocketAddr,
+        plan: impl Fn(u64, &[u8]) -> Fault + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let counters = Arc::new(Counters::default());
@@ -123,13 +132,13 @@ async fn serve(
     mut client: TcpStream,
     upstream: SocketAddr,
     counters: &Counters,
-    plan: &(dyn Fn(u64) -> Fault + Send + Sync),
+    plan: &(dyn Fn(u64, &[u8]) -> Fault + Send + Sync),
 ) -> std::io::Result<()> {
     let Some(request) = read_request(&mut client).await? else {
         return Ok(());
     };
     let n = counters.requests.fetch_add(1, Ordering::SeqCst);
-    let fault = plan(n);
+    let fault = plan(n, &request);
     counters.by_fault[slot(fault)].fetch_add(1, Ordering::SeqCst);
     match fault {
         Fault::Drop => Ok(()),

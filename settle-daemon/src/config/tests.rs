@@ -339,6 +339,20 @@ fn feed_tokens_follow_the_engines_rules_and_never_print() {
 }
 
 #[test]
+fn a_bad_rpc_url_is_refused_without_echoing_its_api_key() {
+    for url in [
+        "wss://mainnet.example.org/ws/v3/0123456789abcdef",
+        "mainnet.example.org/v3/0123456789abcdef",
+    ] {
+        let error = Config::parse(EXAMPLE, env(&[("SLUICE_DAEMON_CHAIN_RPC_URL", url)]))
+            .expect_err("not http(s)");
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("chain.rpc_url"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    }
+}
+
+#[test]
 fn the_config_debug_holds_no_secret() {
     // The config only names where secrets are; loading them is a separate, explicit step.
     let config = Config::parse(EXAMPLE, no_env()).unwrap();

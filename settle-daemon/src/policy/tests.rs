@@ -28,6 +28,7 @@ fn market(gas_price: u128) -> Market {
         now: NOW,
         gas_price,
         token_per_gas: 1,
+        chain_now: 0,
     }
 }
 
@@ -109,6 +110,7 @@ fn skips_settles_that_do_not_pay_their_gas() {
             now: NOW,
             gas_price: 1,
             token_per_gas: 60,
+            chain_now: 0,
         },
     );
     assert!(plan.actions.is_empty());
@@ -187,6 +189,57 @@ fn gas_cap_defers_all_but_urgent_watchtower_closes() {
 }
 
 #[test]
+fn no_batch_when_its_fixed_gas_alone_is_over_the_cap() {
+    // Items estimated free: the item count was unbounded by gas even though the batch's fixed
+    // part alone is over the cap (found by the model test).
+    let cfg = PolicyConfig {
+        gas_per_batch_base: 69,
+        gas_per_item: 0,
+        max_gas_per_batch: 68,
+        ..config()
+    };
+    assert_eq!(cfg.items_per_batch(), 0);
+    let plan = plan(&[open(1, 5_000)], &cfg, &market(1));
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(
+        reason_of(&plan, id(1)),
+        Some(SkipReason::GasCapTooSmall {
+            needed: 69,
+            cap: 68
+        })
+    );
+}
+
+#[test]
+fn watchtower_urgency_follows_the_chain_clock_when_it_runs_ahead() {
+    // The grace deadline is in block time. The chain's clock runs 300 s ahead of the daemon's:
+    // by the daemon's clock the deadline is 380 s away (outside the 120 s margin), by the
+    // chain's only 80 s; with gas above the cap the close must still go out.
+    let mut watched = open(1, 10);
+    watched.close_requested_at = Some(NOW - 900 + 380);
+    let ahead = Market {
+        chain_now: NOW + 300,
+        ..market(101)
+    };
+    assert_eq!(
+        plan(&[watched], &config(), &ahead).actions,
+        vec![Action::Close(id(1))]
+    );
+    // A chain clock behind the daemon's does not delay anything either.
+    let behind = Market {
+        now: NOW + 300,
+        chain_now: NOW,
+        ..market(101)
+    };
+    assert_eq!(
+        plan(&[watched], &config(), &behind).actions,
+        vec![Action::Close(id(1))]
+    );
+    // Neither clock near the deadline: deferred by the cap.
+    assert!(plan(&[watched], &config(), &market(101)).actions.is_empty());
+}
+
+#[test]
 fn watchtower_ignores_thresholds_and_profitability() {
     let mut view = open(1, 1);
     view.close_requested_at = Some(NOW);
@@ -198,6 +251,7 @@ fn watchtower_ignores_thresholds_and_profitability() {
             now: NOW,
             gas_price: 1,
             token_per_gas: 1_000,
+            chain_now: 0,
         },
     );
     assert_eq!(plan.actions, vec![Action::Close(id(1))]);
@@ -315,7 +369,8 @@ fn model(view: &ChannelView, cfg: &PolicyConfig, m: &Market) -> Expect {
     if let Some(at) = view.close_requested_at
         && unsettled > 0
     {
-        let urgent = m.now + cfg.watchtower_margin_secs >= at + cfg.close_grace_period_secs;
+        let urgent =
+            m.now.max(m.chain_now) + cfg.watchtower_margin_secs >= at + cfg.close_grace_period_secs;
         return if (cheap || urgent) && cfg.gas_per_close <= cfg.max_gas_per_batch {
             Expect::Close
         } else {
@@ -414,8 +469,9 @@ proptest! {
         cfg in arb_config(),
         gas_price in 0u128..60,
         token_per_gas in 0u128..30,
+        chain_now in prop_oneof![Just(0u64), NOW - 600..NOW + 600],
     ) {
-        let m = Market { now: NOW, gas_price, token_per_gas };
+        let m = Market { now: NOW, gas_price, token_per_gas, chain_now };
         let plan = plan(&views, &cfg, &m);
 
         // Never plan a channel twice.

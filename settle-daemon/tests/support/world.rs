@@ -1016,6 +1016,15 @@ impl Payer {
         self.sign_call(self.escrow, call.abi_encode())
     }
 
+    /// `topUp(channel, amount)` signed by the payer (it cancels a pending close request).
+    pub fn top_up(&mut self, channel: B256, amount: u128) -> Bytes {
+        let call = SluiceEscrow::topUpCall {
+            channelId: channel,
+            additionalDeposit: U256::from(amount),
+        };
+        self.sign_call(self.escrow, call.abi_encode())
+    }
+
     /// `withdraw(channel)` signed by the payer.
     pub fn withdraw(&mut self, channel: B256) -> Bytes {
         let call = SluiceEscrow::withdrawCall { channelId: channel };
