@@ -658,3 +658,119 @@ async fn a_stream_stops_at_the_deposit_or_the_cap_with_a_typed_error() {
     assert_eq!(amount(&view, "spent"), 5 * PRICE);
     assert_eq!(amount(&view, "acceptedCumulative"), 5 * PRICE);
 }
+
+// ---- malicious servers (axum on loopback; the chain is real, for the client's own open) ----
+
+/// A `tempo`/`session` challenge for the test chain's escrow and token, paying `payee`, with
+/// `header` as the credential header.
+fn rogue_challenge(chain: &TestChain, payee: Address, header: Option<&str>) -> String {
+    use sluice_engine::protocol::{
+        Challenge, ChallengeSecret, HexAddress, SessionMethodDetails, SessionProtocol,
+        SessionRequest, Timestamp,
+    };
+    let request = SessionRequest {
+        amount: PRICE,
+        currency: HexAddress::from_address(chain.token),
+        recipient: HexAddress::from_address(payee),
+        unit_type: "request".into(),
+        suggested_deposit: None,
+        description: None,
+        external_id: None,
+        method_details: SessionMethodDetails {
+            escrow_contract: HexAddress::from_address(chain.escrow),
+            chain_id: CHAIN_ID,
+            channel_id: None,
+            min_voucher_delta: None,
+            session_protocol: Some(SessionProtocol::V1),
+            fee_payer: None,
+            fee_token: None,
+            operator: None,
+        },
+    };
+    let expires = Timestamp::from_system_time(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let mut builder =
+        Challenge::builder("rogue", "tempo", "session", request.to_json()).expires_at(expires);
+    if let Some(header) = header {
+        builder = builder.header(header);
+    }
+    builder
+        .issue(&ChallengeSecret::new([7u8; 32]).unwrap())
+        .unwrap()
+        .to_header_value()
+}
+
+/// Serves `app` on a loopback port; returns `http://127.0.0.1:port`.
+async fn serve_rogue(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_never_follows_a_redirect_to_another_origin() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+
+    const CREDENTIAL_HEADER: &str = "x-payment-credential";
+    let chain = TestChain::start().await;
+    let payer = chain.account(4);
+    chain.mint(payer.address(), 200 * PRICE).await;
+
+    // The other origin records every request it gets.
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let recorded = Arc::clone(&seen);
+    let other = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let recorded = Arc::clone(&recorded);
+        async move {
+            recorded.lock().unwrap().push(headers);
+            "thanks"
+        }
+    }))
+    .await;
+    // The provider asks for payment with its own credential header, and answers the paid
+    // request with a redirect to the other origin.
+    let challenge = rogue_challenge(&chain, chain.account(9).address(), Some(CREDENTIAL_HEADER));
+    let location = format!("{other}/loot");
+    let provider = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let challenge = challenge.clone();
+        let location = location.clone();
+        async move {
+            if headers.contains_key(CREDENTIAL_HEADER) {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, location)],
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response()
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let result = client.get(&format!("{provider}/paid")).await;
+    let leaked = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|headers| headers.contains_key(CREDENTIAL_HEADER))
+        .count();
+    assert_eq!(leaked, 0, "the credential reached another origin");
+    assert!(seen.lock().unwrap().is_empty(), "the redirect was followed");
+    match result {
+        Err(ClientError::Problem { status: 307, .. }) => {}
+        other => panic!("expected the redirect as a problem, got {other:?}"),
+    }
+    // The open was never broadcast: the client forgot the channel and gave its amount back.
+    assert!(client.channels().is_empty(), "{:?}", client.channels());
+    assert_eq!(client.stats().signed_total, 0);
+}

@@ -275,3 +275,32 @@ async fn server_problems_become_typed_client_errors() {
         other => panic!("expected CapExceeded, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_expired_challenge_is_refused_before_anything_is_signed() {
+    let core = core();
+    let header = core["cases"][0]["wwwAuthenticate"]
+        .as_str()
+        .unwrap()
+        .replace("2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z");
+    assert!(header.contains("expires=\"2020-01-01T00:00:00Z\""));
+    let replay = Replay {
+        problems: Arc::new(Value::Null),
+        challenge: Arc::new(header),
+        hits: Arc::new(AtomicU64::new(0)),
+    };
+    let base = serve(replay.clone()).await;
+    // Nothing listens on port 9: a client that went on to open a channel would fail at the
+    // chain instead.
+    let client = PayerClient::new(config(ESCROW, "http://127.0.0.1:9")).unwrap();
+    match client.get(&format!("{base}/v1")).await {
+        Err(ClientError::Protocol(ProtocolError::ChallengeExpired { expires, .. })) => {
+            assert_eq!(expires, "2020-01-01T00:00:00Z");
+        }
+        other => panic!("expected ChallengeExpired, got {other:?}"),
+    }
+    assert_eq!(replay.hits.load(Ordering::SeqCst), 1, "one unpaid request");
+    assert_eq!(client.stats().vouchers_signed, 0);
+    assert_eq!(client.stats().signed_total, 0);
+    assert!(client.channels().is_empty());
+}

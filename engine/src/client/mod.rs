@@ -340,6 +340,25 @@ fn http_error(operation: &'static str, url: &reqwest::Url, error: &reqwest::Erro
     })
 }
 
+/// Redirects are followed only within the origin they start from (at most 10): a credential
+/// (in `Authorization` or a header the challenge names, which reqwest would not strip) never
+/// goes to another host, port or scheme. A redirect elsewhere is returned as the response.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let leaves_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() != attempt.url().origin());
+        if leaves_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 fn key_of(bytes: &B256, field: &'static str) -> Result<SigningKey, ClientError> {
     SigningKey::from_slice(bytes.as_slice()).map_err(|_| ClientError::InvalidConfig {
         field,
@@ -435,6 +454,7 @@ impl PayerClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(config.http_timeout)
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ClientError::InvalidConfig {
                 field: "http_timeout",
@@ -767,6 +787,14 @@ impl PayerClient {
     /// token.
     fn terms(&self, challenge: &Challenge) -> Result<Terms, ClientError> {
         let request = challenge.session_request()?;
+        // An expired challenge is refused before anything is signed or sent (the server would
+        // refuse the credential, but an `open` would already be approved and signed).
+        if challenge.expires().is_some()
+            && let Some(now) = now()
+            && let Err(error @ ProtocolError::ChallengeExpired { .. }) = challenge.check_expiry(now)
+        {
+            return Err(error.into());
+        }
         let c = &self.inner.config;
         let details = &request.method_details;
         if details.chain_id != c.chain_id {
