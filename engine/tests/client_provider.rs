@@ -774,3 +774,100 @@ async fn a_credential_never_follows_a_redirect_to_another_origin() {
     assert!(client.channels().is_empty(), "{:?}", client.channels());
     assert_eq!(client.stats().signed_total, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_open_stays_counted_against_the_client_cap() {
+    use alloy::providers::Provider;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let honest = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 500 * PRICE).await;
+
+    // A provider that keeps every open credential it is sent and answers with a refusal,
+    // without broadcasting the transaction (yet).
+    let kept: Arc<Mutex<Vec<String>>> = Arc::default();
+    let keep = Arc::clone(&kept);
+    let rogue_payee = chain.account(8).address();
+    let challenge = rogue_challenge(&chain, rogue_payee, None);
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let keep = Arc::clone(&keep);
+        let challenge = challenge.clone();
+        async move {
+            match headers.get(header::AUTHORIZATION) {
+                Some(value) => {
+                    keep.lock().unwrap().push(value.to_str().unwrap().to_owned());
+                    (
+                        StatusCode::BAD_REQUEST,
+                        [(header::CONTENT_TYPE, "application/problem+json")],
+                        r#"{"type":"https://paymentauth.org/problems/verification-failed","title":"no","status":400,"detail":"not today"}"#,
+                    )
+                        .into_response()
+                }
+                None => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    config.cap_total = Some(2 * PRICE);
+    let client = PayerClient::new(config).unwrap();
+    assert_eq!(client.get(&honest.url("/paid")).await.unwrap().status, 200);
+    match client.get(&format!("{rogue}/paid")).await {
+        Err(error @ ClientError::Problem { status: 400, .. }) => {
+            assert_eq!(error.problem_kind(), Some(ProblemKind::VerificationFailed));
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // The refused open's voucher and transaction left the client: they stay counted.
+    assert_eq!(client.stats().signed_total, 2 * PRICE);
+    match client.get(&honest.url("/paid")).await {
+        Err(ClientError::CapExceeded {
+            scope: CapScope::Client,
+            cap,
+            would_be,
+        }) => assert_eq!((cap, would_be), (2 * PRICE, 3 * PRICE)),
+        other => panic!("expected the client cap, got {other:?}"),
+    }
+    let refused = client
+        .channels()
+        .into_iter()
+        .find(|c| c.payee == rogue_payee)
+        .expect("the refused open is listed");
+    assert!(refused.closed, "{refused:?}");
+    assert_eq!(refused.signed, PRICE);
+
+    // Why: the provider can still broadcast the open it kept, and then holds a voucher the
+    // payee can claim on chain.
+    let credential = kept.lock().unwrap()[0].clone();
+    let credential = parse_authorization(&credential)
+        .unwrap()
+        .into_session()
+        .unwrap();
+    let SessionPayload::Open(open) = credential.payload else {
+        panic!("an open credential")
+    };
+    assert_eq!(
+        (open.channel_id, open.cumulative_amount),
+        (*refused.id.as_b256(), PRICE)
+    );
+    let rpc = ProviderBuilder::new().connect_http(chain.rpc_url());
+    let mined = rpc
+        .send_raw_transaction(&open.transaction)
+        .await
+        .expect("the kept open is still valid")
+        .get_receipt()
+        .await
+        .expect("mined");
+    assert!(mined.status());
+    let on_chain = on_chain(&chain, open.channel_id).await;
+    assert!(on_chain.exists());
+}

@@ -272,7 +272,6 @@ struct Prepared {
 struct OpenInFlight {
     _sequence: tokio::sync::OwnedMutexGuard<()>,
     _tx: tokio::sync::OwnedMutexGuard<()>,
-    signed: u128,
 }
 
 /// A refusal as the server described it.
@@ -1184,7 +1183,6 @@ impl PayerClient {
             open: Some(OpenInFlight {
                 _sequence: sequence,
                 _tx: tx,
-                signed: amount,
             }),
             _held: None,
         })
@@ -1205,8 +1203,23 @@ impl PayerClient {
         if exists {
             self.inner.counters.opens.fetch_add(1, Ordering::Relaxed);
         } else {
-            *lock(&slot.state) = None;
-            self.release_total(open.signed, 0);
+            // The server did not broadcast the open, but it holds the signed transaction and
+            // voucher and can still broadcast them until the payer's next transaction takes the
+            // nonce: the amount stays counted against the client cap, and the channel is
+            // listed as closed (the slot opens a new one next time).
+            let forgotten = lock(&slot.state).take();
+            if let Some(state) = forgotten {
+                lock(&self.inner.closed).push(ChannelSnapshot {
+                    id: ChannelId::from(state.id),
+                    origin: slot.key.origin.clone(),
+                    payee: state.payee,
+                    deposit: state.deposit,
+                    signed: state.signed,
+                    owed: state.spent,
+                    accepted: state.accepted,
+                    closed: true,
+                });
+            }
         }
         drop(open);
     }
