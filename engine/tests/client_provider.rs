@@ -871,3 +871,108 @@ async fn a_refused_open_stays_counted_against_the_client_cap() {
     let on_chain = on_chain(&chain, open.channel_id).await;
     assert!(on_chain.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(6);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let (first, second) = (chain.account(8).address(), chain.account(7).address());
+    let challenges = (
+        rogue_challenge(&chain, first, None),
+        rogue_challenge(&chain, second, None),
+    );
+
+    // Accepts every open (spent: one unit), refuses vouchers on the first channel with a
+    // fresh challenge for another payee, accepts a close as sent.
+    let first_channel: Arc<Mutex<Option<B256>>> = Arc::default();
+    let closes: Arc<Mutex<Vec<(B256, u128)>>> = Arc::default();
+    let (state, recorded) = (Arc::clone(&first_channel), Arc::clone(&closes));
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (state, recorded, challenges) =
+            (Arc::clone(&state), Arc::clone(&recorded), challenges.clone());
+        async move {
+            let receipt = |channel: B256, amount: u128| {
+                SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount.min(PRICE),
+                )
+                .unwrap()
+                .to_header_value()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenges.0)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            let ok = |channel, amount| -> Response {
+                (StatusCode::OK, [("payment-receipt", receipt(channel, amount))], "ok")
+                    .into_response()
+            };
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    state.lock().unwrap().get_or_insert(open.channel_id);
+                    ok(open.channel_id, open.cumulative_amount)
+                }
+                SessionPayload::Voucher(_) => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [
+                        (header::WWW_AUTHENTICATE, challenges.1),
+                        (header::CONTENT_TYPE, "application/problem+json".to_owned()),
+                    ],
+                    r#"{"type":"https://paymentauth.org/problems/invalid-challenge","title":"x","status":402,"detail":"pay the other payee"}"#,
+                )
+                    .into_response(),
+                SessionPayload::Close(close) => {
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push((close.channel_id, close.cumulative_amount));
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                SessionPayload::TopUp(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    let paid = client.get(&url).await.unwrap();
+    let opened = first_channel.lock().unwrap().expect("first open");
+    assert_eq!(paid.channel.map(|c| *c.as_b256()), Some(opened));
+    // The voucher on the first channel is refused; the retry pays the other payee.
+    let paid = client.get(&url).await.unwrap();
+    assert_ne!(paid.channel.map(|c| *c.as_b256()), Some(opened));
+    let first_view = client
+        .channels()
+        .into_iter()
+        .find(|c| c.payee == first)
+        .unwrap();
+    assert_eq!((first_view.owed, first_view.accepted), (PRICE, PRICE));
+    assert_eq!(
+        first_view.signed,
+        2 * PRICE,
+        "the refused voucher was signed"
+    );
+
+    // The close of the first channel pays what it was owed: one unit (the second request
+    // was paid on the other channel), not the refused voucher.
+    let closed = client.close(&url).await.unwrap();
+    assert_eq!(*closed.channel.as_b256(), opened);
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[(opened, PRICE)]);
+}

@@ -1270,6 +1270,11 @@ impl PayerClient {
                 }
             };
             let slot = self.slot(&target.origin, terms.payee);
+            // A fresh challenge naming another payee moves the payment to another channel: the
+            // unit reserved on the first one is given back there.
+            if let Some((old, price)) = reserved.take_if(|(old, _)| !Arc::ptr_eq(old, &slot)) {
+                release_committed(&old, price);
+            }
             let need = if !charged {
                 if stream {
                     Need::Headroom { price: terms.price }
@@ -1429,10 +1434,7 @@ impl PayerClient {
             challenge = fresh.map(|(c, _)| c).or(Some(challenge_now));
         };
         if let Some((slot, price)) = reserved {
-            let mut state = lock(&slot.state);
-            if let Some(state) = state.as_mut() {
-                state.committed = state.committed.saturating_sub(price);
-            }
+            release_committed(&slot, price);
         }
         result
     }
@@ -1689,6 +1691,13 @@ fn check_receipt(slot: &Slot, channel: B256, receipt: &Receipt) -> Result<(), Cl
         });
     }
     Ok(())
+}
+
+/// Gives back one unit counted as owed on `slot` for a request that was not paid there.
+fn release_committed(slot: &Slot, price: u128) {
+    if let Some(state) = lock(&slot.state).as_mut() {
+        state.committed = state.committed.saturating_sub(price);
+    }
 }
 
 fn apply_receipt(slot: &Slot, receipt: &Receipt) -> Result<(), ClientError> {
