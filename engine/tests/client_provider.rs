@@ -976,3 +976,86 @@ async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
     assert_eq!(closed.final_amount, PRICE);
     assert_eq!(closes.lock().unwrap().as_slice(), &[(opened, PRICE)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_leaves_nothing_owed_behind() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(7);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts the open (one unit spent), never answers a voucher (after telling the test it
+    // arrived), accepts a close as sent.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let closes: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let (notify, recorded) = (Arc::clone(&arrived), Arc::clone(&closes));
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (notify, recorded, challenge) = (
+            Arc::clone(&notify),
+            Arc::clone(&recorded),
+            challenge.clone(),
+        );
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
+                SessionPayload::Close(close) => {
+                    recorded.lock().unwrap().push(close.cumulative_amount);
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                _ => {
+                    notify.notify_one();
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    assert_eq!(client.get(&url).await.unwrap().status, 200);
+    // The second request reaches the server, which never answers; its task is cancelled.
+    tokio::select! {
+        result = client.get(&url) => panic!("the server never answers: {result:?}"),
+        () = arrived.notified() => {}
+    }
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 2 * PRICE, "its voucher was signed and sent");
+    assert_eq!((channel.owed, channel.accepted), (PRICE, PRICE));
+    // Nothing the server acknowledged is owed beyond the first unit: the close pays that.
+    let closed = client.close(&url).await.unwrap();
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
+}

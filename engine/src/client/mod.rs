@@ -1236,7 +1236,9 @@ impl PayerClient {
         stream: bool,
     ) -> Result<Paid, ClientError> {
         let mut challenge = self.cached_challenge(&target.route);
-        let mut reserved: Option<(Arc<Slot>, u128)> = None;
+        // The unit this request counts as owed, given back unless the request is paid (also
+        // when this future is dropped mid-request).
+        let mut reserved: Option<Reservation> = None;
         let mut floor = 0u128;
         let mut attempts = 0u32;
         // Consecutive refusals of a voucher overtaken by a concurrent, higher one.
@@ -1272,8 +1274,11 @@ impl PayerClient {
             let slot = self.slot(&target.origin, terms.payee);
             // A fresh challenge naming another payee moves the payment to another channel: the
             // unit reserved on the first one is given back there.
-            if let Some((old, price)) = reserved.take_if(|(old, _)| !Arc::ptr_eq(old, &slot)) {
-                release_committed(&old, price);
+            if reserved
+                .as_ref()
+                .is_some_and(|r| !Arc::ptr_eq(&r.slot, &slot))
+            {
+                reserved = None;
             }
             let need = if !charged {
                 if stream {
@@ -1306,7 +1311,11 @@ impl PayerClient {
                 Err(error) => break Err(error),
             };
             if charged && reserved.is_none() {
-                reserved = Some((Arc::clone(&slot), terms.price));
+                reserved = Some(Reservation {
+                    slot: Arc::clone(&slot),
+                    price: terms.price,
+                    kept: false,
+                });
             }
             let mut prepared = prepared;
             if prepared.open.is_none()
@@ -1353,7 +1362,12 @@ impl PayerClient {
                 if let Err(error) = check_receipt(&slot, prepared.channel, &receipt) {
                     break Err(error);
                 }
-                apply_receipt(&slot, &receipt)?;
+                if let Err(error) = apply_receipt(&slot, &receipt) {
+                    break Err(error);
+                }
+                if let Some(reservation) = reserved.take() {
+                    reservation.keep();
+                }
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
@@ -1368,6 +1382,9 @@ impl PayerClient {
                 if let Some(open) = open.take() {
                     self.inner.counters.opens.fetch_add(1, Ordering::Relaxed);
                     drop(open);
+                }
+                if let Some(reservation) = reserved.take() {
+                    reservation.keep();
                 }
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
@@ -1433,9 +1450,7 @@ impl PayerClient {
             lock(&self.inner.challenges).remove(&target.route);
             challenge = fresh.map(|(c, _)| c).or(Some(challenge_now));
         };
-        if let Some((slot, price)) = reserved {
-            release_committed(&slot, price);
-        }
+        drop(reserved);
         result
     }
 
@@ -1693,10 +1708,30 @@ fn check_receipt(slot: &Slot, channel: B256, receipt: &Receipt) -> Result<(), Cl
     Ok(())
 }
 
-/// Gives back one unit counted as owed on `slot` for a request that was not paid there.
-fn release_committed(slot: &Slot, price: u128) {
-    if let Some(state) = lock(&slot.state).as_mut() {
-        state.committed = state.committed.saturating_sub(price);
+/// One unit a charged request counts as owed on its channel while it is in flight. Given back
+/// on drop unless [`Reservation::keep`] was called: a request that fails, moves to another
+/// channel, or whose future is dropped (a cancelled task) leaves nothing owed behind; what the
+/// server did charge comes back through its receipts (`spent`, `acceptedCumulative`).
+struct Reservation {
+    slot: Arc<Slot>,
+    price: u128,
+    kept: bool,
+}
+
+impl Reservation {
+    /// The request was paid: the unit stays owed.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.kept
+            && let Some(state) = lock(&self.slot.state).as_mut()
+        {
+            state.committed = state.committed.saturating_sub(self.price);
+        }
     }
 }
 
