@@ -304,3 +304,43 @@ async fn an_expired_challenge_is_refused_before_anything_is_signed() {
     assert_eq!(client.stats().signed_total, 0);
     assert!(client.channels().is_empty());
 }
+
+#[tokio::test]
+async fn a_request_cancelled_while_opening_gives_its_cap_reservation_back() {
+    let core = core();
+    let replay = Replay {
+        problems: Arc::new(Value::Null),
+        challenge: Arc::new(
+            core["cases"][0]["wwwAuthenticate"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        hits: Arc::new(AtomicU64::new(0)),
+    };
+    let base = serve(replay.clone()).await;
+    // A chain endpoint that accepts the connection and never answers: the open waits there.
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&connected);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = rpc.accept().await {
+            held.push(socket);
+            notify.notify_one();
+        }
+    });
+    let mut config = config(ESCROW, &rpc_url);
+    config.cap_total = Some(25);
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{base}/v1");
+    tokio::select! {
+        result = client.get(&url) => panic!("the chain never answers: {result:?}"),
+        () = connected.notified() => {}
+    }
+    // The task was cancelled before anything was signed: nothing stays reserved.
+    assert_eq!(client.stats().vouchers_signed, 0);
+    assert_eq!(client.stats().signed_total, 0);
+    assert!(client.channels().is_empty());
+}

@@ -940,8 +940,10 @@ impl PayerClient {
     }
 
     /// Raises the client-wide signed total from `old` to `new` for one channel, or refuses if
-    /// that would break the client cap (re-checked here: other channels may have moved).
-    fn reserve_total(&self, old: u128, new: u128) -> Result<(), ClientError> {
+    /// that would break the client cap (re-checked here: other channels may have moved). The
+    /// reservation is given back when the guard is dropped before [`TotalReservation::signed`]
+    /// (an error, or the caller's future dropped while a top-up or open is in flight).
+    fn reserve_total(&self, old: u128, new: u128) -> Result<TotalReservation<'_>, ClientError> {
         let mut total = lock(&self.inner.total_signed);
         let would_be = total.saturating_sub(old).saturating_add(new);
         if let Some(cap) = self.inner.config.cap_total
@@ -954,7 +956,12 @@ impl PayerClient {
             });
         }
         *total = would_be;
-        Ok(())
+        Ok(TotalReservation {
+            total: &self.inner.total_signed,
+            reserved: new,
+            back_to: old,
+            signed: false,
+        })
     }
 
     /// Builds the credential for `need` on `slot`'s channel: opens the channel if there is
@@ -1024,16 +1031,13 @@ impl PayerClient {
         let (amount, signature, topped_up) = match plan {
             VoucherPlan::Reuse { amount } => (amount, state.signature.clone(), false),
             VoucherPlan::Sign { amount, top_up } => {
-                self.reserve_total(state.signed, amount)?;
-                if top_up > 0
-                    && let Err(error) = self
-                        .top_up_locked(slot, target, challenge.clone(), top_up)
-                        .await
-                {
-                    self.release_total(amount, state.signed);
-                    return Err(error);
+                let reservation = self.reserve_total(state.signed, amount)?;
+                if top_up > 0 {
+                    self.top_up_locked(slot, target, challenge.clone(), top_up)
+                        .await?;
                 }
                 let signature = self.sign(state.id, amount);
+                reservation.signed();
                 (amount, signature, top_up > 0)
             }
         };
@@ -1096,11 +1100,6 @@ impl PayerClient {
         })
     }
 
-    fn release_total(&self, reserved: u128, back_to: u128) {
-        let mut total = lock(&self.inner.total_signed);
-        *total = total.saturating_sub(reserved).saturating_add(back_to);
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn prepare_open(
         &self,
@@ -1134,7 +1133,7 @@ impl PayerClient {
             VoucherPlan::Reuse { .. } => return Err(ClientError::ZeroPrice),
         };
         let deposit = deposit.saturating_add(top_up);
-        self.reserve_total(0, amount)?;
+        let reservation = self.reserve_total(0, amount)?;
         let opened = async {
             let wallet = self.wallet().await?;
             let tx = Arc::clone(&self.inner.tx_lock).lock_owned().await;
@@ -1146,14 +1145,9 @@ impl PayerClient {
             Ok::<_, ClientError>((tx, transaction, channel))
         }
         .await;
-        let (tx, transaction, channel) = match opened {
-            Ok(opened) => opened,
-            Err(error) => {
-                self.release_total(amount, 0);
-                return Err(error);
-            }
-        };
+        let (tx, transaction, channel) = opened?;
         let signature = self.sign(channel, amount);
+        reservation.signed();
         *lock(&slot.state) = Some(ChannelState {
             id: channel,
             payee: terms.payee,
@@ -1706,6 +1700,33 @@ fn check_receipt(slot: &Slot, channel: B256, receipt: &Receipt) -> Result<(), Cl
         });
     }
     Ok(())
+}
+
+/// A raise of the client-wide signed total, reserved before a voucher is signed; given back on
+/// drop unless the voucher was signed.
+struct TotalReservation<'a> {
+    total: &'a Mutex<u128>,
+    reserved: u128,
+    back_to: u128,
+    signed: bool,
+}
+
+impl TotalReservation<'_> {
+    /// The voucher was signed: the raise stays.
+    fn signed(mut self) {
+        self.signed = true;
+    }
+}
+
+impl Drop for TotalReservation<'_> {
+    fn drop(&mut self) {
+        if !self.signed {
+            let mut total = lock(self.total);
+            *total = total
+                .saturating_sub(self.reserved)
+                .saturating_add(self.back_to);
+        }
+    }
 }
 
 /// One unit a charged request counts as owed on its channel while it is in flight. Given back
