@@ -1062,3 +1062,114 @@ async fn a_cancelled_request_leaves_nothing_owed_behind() {
     assert_eq!(closed.final_amount, PRICE);
     assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
 }
+
+/// Broadcasts a payer-signed transaction from a credential and waits for it to be mined.
+async fn broadcast(rpc: sluice_engine::chain::RpcUrl, transaction: &Bytes) {
+    use alloy::providers::Provider;
+    let mined = ProviderBuilder::new()
+        .connect_http(rpc)
+        .send_raw_transaction(transaction)
+        .await
+        .expect("accepted by the node")
+        .get_receipt()
+        .await
+        .expect("mined");
+    assert!(mined.status(), "the transaction succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Broadcasts opens and top-ups as a provider does, but answers the first top-up with a
+    // 500 after it was mined; vouchers are accepted as sent (spent = the voucher).
+    let top_ups = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&top_ups);
+    let rpc = chain.rpc_url();
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (counted, challenge, rpc) = (Arc::clone(&counted), challenge.clone(), rpc.clone());
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    broadcast(rpc, &open.transaction).await;
+                    ok(open.channel_id, open.cumulative_amount)
+                }
+                SessionPayload::TopUp(top_up) => {
+                    broadcast(rpc, &top_up.transaction).await;
+                    if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "lost the answer").into_response()
+                    } else {
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                }
+                SessionPayload::Voucher(voucher) | SessionPayload::Close(voucher) => {
+                    ok(voucher.channel_id, voucher.cumulative_amount)
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    config.deposit = 2 * PRICE;
+    config.top_up = Some(TopUpPolicy {
+        below: 0,
+        amount: 5 * PRICE,
+    });
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{rogue}/paid");
+    for _ in 0..2 {
+        assert_eq!(client.get(&url).await.unwrap().status, 200);
+    }
+    // The third unit needs a top-up: mined, but its answer is lost.
+    match client.get(&url).await {
+        Err(ClientError::Problem { status: 500, .. }) => {}
+        other => panic!("expected the lost top-up answer, got {other:?}"),
+    }
+    let id = *only_channel(&client).id.as_b256();
+    assert_eq!(on_chain(&chain, id).await.deposit, 7 * PRICE);
+    // The client knows the deposit grew: the next unit fits without another top-up.
+    let paid = client.get(&url).await.unwrap();
+    assert_eq!(paid.receipt.unwrap().accepted_cumulative(), 3 * PRICE);
+    assert_eq!(
+        top_ups.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one top-up sent"
+    );
+    assert_eq!(on_chain(&chain, id).await.deposit, 7 * PRICE);
+    assert_eq!(only_channel(&client).deposit, 7 * PRICE);
+}

@@ -1549,7 +1549,7 @@ impl PayerClient {
         &self,
         slot: &Arc<Slot>,
         target: &Target,
-        mut challenge: Challenge,
+        challenge: Challenge,
         amount: u128,
     ) -> Result<(), ClientError> {
         let channel =
@@ -1563,6 +1563,37 @@ impl PayerClient {
         let _tx = self.inner.tx_lock.lock().await;
         wallet.approve(amount).await?;
         let transaction = wallet.top_up_tx(channel, amount).await?;
+        let sent = self
+            .send_top_up(slot, target, challenge, channel, transaction, amount)
+            .await;
+        if let Err(error) = sent {
+            // The server may have broadcast the top-up and lost its answer: take the deposit
+            // from the escrow, so the next voucher does not top up a second time.
+            if let Ok(on_chain) = wallet.chain.channel(channel).await
+                && on_chain.exists()
+                && let Some(state) = lock(&slot.state).as_mut()
+            {
+                state.deposit = state.deposit.max(on_chain.deposit);
+            }
+            return Err(error);
+        }
+        if let Some(state) = lock(&slot.state).as_mut() {
+            state.deposit = state.deposit.saturating_add(amount);
+        }
+        self.inner.counters.top_ups.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// POSTs the `topUp` credential (re-sent with a fresh challenge when the server asks).
+    async fn send_top_up(
+        &self,
+        slot: &Arc<Slot>,
+        target: &Target,
+        mut challenge: Challenge,
+        channel: B256,
+        transaction: HexBytes,
+        amount: u128,
+    ) -> Result<(), ClientError> {
         let mut attempts = 0;
         loop {
             let header = self.credential_header(
@@ -1598,10 +1629,6 @@ impl PayerClient {
                 }
             }
         }
-        if let Some(state) = lock(&slot.state).as_mut() {
-            state.deposit = state.deposit.saturating_add(amount);
-        }
-        self.inner.counters.top_ups.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
