@@ -1173,3 +1173,86 @@ async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
     assert_eq!(on_chain(&chain, id).await.deposit, 7 * PRICE);
     assert_eq!(only_channel(&client).deposit, 7 * PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_server_already_made_retires_the_channel() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(3);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts opens; answers anything else on a channel it has seen with 410 (it was closed
+    // on chain behind the client's back).
+    let finalized = (
+        StatusCode::GONE,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        r#"{"type":"https://paymentauth.org/problems/session/channel-finalized","title":"gone","status":410,"detail":"closed on chain"}"#,
+    );
+    let vouchers = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&vouchers);
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (challenge, counted) = (challenge.clone(), Arc::clone(&counted));
+        async move {
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    let receipt = SessionReceipt::new(
+                        Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                        "rogue",
+                        open.channel_id,
+                        open.cumulative_amount,
+                        open.cumulative_amount,
+                    )
+                    .unwrap();
+                    (
+                        StatusCode::OK,
+                        [("payment-receipt", receipt.to_header_value())],
+                        "ok",
+                    )
+                        .into_response()
+                }
+                SessionPayload::Voucher(_) => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    finalized.into_response()
+                }
+                _ => finalized.into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    let first = client.get(&url).await.unwrap().channel.unwrap();
+    match client.close(&url).await {
+        Err(error @ ClientError::Problem { status: 410, .. }) => {
+            assert_eq!(error.problem_kind(), Some(ProblemKind::ChannelFinalized));
+        }
+        other => panic!("expected the 410, got {other:?}"),
+    }
+    // The client stopped using the channel: a second close has nothing to close, and the next
+    // request opens a new channel without first trying a voucher on the dead one.
+    let channel = only_channel(&client);
+    assert!(channel.closed && channel.id == first, "{channel:?}");
+    assert!(matches!(
+        client.close(&url).await,
+        Err(ClientError::NoChannel { .. })
+    ));
+    let second = client.get(&url).await.unwrap().channel.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(vouchers.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

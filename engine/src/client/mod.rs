@@ -704,7 +704,20 @@ impl PayerClient {
                     false,
                 )
                 .await?;
-            match self.management_outcome(&slot, &target, response).await? {
+            let outcome = match self.management_outcome(&slot, &target, response).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    // Closed or forgotten on the server's side: the client stops using it too.
+                    if matches!(
+                        error.problem_kind(),
+                        Some(ProblemKind::ChannelNotFound | ProblemKind::ChannelFinalized)
+                    ) {
+                        self.retire(&slot);
+                    }
+                    return Err(error);
+                }
+            };
+            match outcome {
                 Ok(()) => break,
                 Err(fresh) if attempts < self.inner.config.max_payment_retries => {
                     attempts += 1;
