@@ -1256,3 +1256,105 @@ async fn a_close_the_server_already_made_retires_the_channel() {
     assert_ne!(second, first);
     assert_eq!(vouchers.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_waits_for_the_requests_in_flight() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts the open (one unit); holds a voucher request until a close arrives and then
+    // refuses it (the channel is closing): a close sent while it is in flight would pay for a
+    // unit that is never served.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let closing = Arc::new(tokio::sync::Notify::new());
+    let closes: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let (notify_arrived, notify_closing, recorded) = (
+        Arc::clone(&arrived),
+        Arc::clone(&closing),
+        Arc::clone(&closes),
+    );
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (arrived, closing, recorded, challenge) = (
+            Arc::clone(&notify_arrived),
+            Arc::clone(&notify_closing),
+            Arc::clone(&recorded),
+            challenge.clone(),
+        );
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
+                SessionPayload::Close(close) => {
+                    recorded.lock().unwrap().push(close.cumulative_amount);
+                    closing.notify_waiters();
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                _ => {
+                    let closed = closing.notified();
+                    arrived.notify_one();
+                    closed.await;
+                    (
+                        StatusCode::GONE,
+                        [(header::CONTENT_TYPE, "application/problem+json")],
+                        r#"{"type":"https://paymentauth.org/problems/session/channel-finalized","title":"gone","status":410,"detail":"closing"}"#,
+                    )
+                        .into_response()
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    // Bounds the held request (the server answers it only after a close).
+    config.http_timeout = std::time::Duration::from_secs(2);
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{rogue}/paid");
+    assert_eq!(client.get(&url).await.unwrap().status, 200);
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await }
+    });
+    arrived.notified().await;
+    // The close waits until the request in flight has its answer (here: none, its timeout),
+    // then pays what the server acknowledged.
+    let closed = client.close(&url).await.unwrap();
+    match in_flight.await.unwrap() {
+        Err(ClientError::Http(failure)) => assert!(failure.timeout, "{failure:?}"),
+        other => panic!("expected the held request to time out, got {other:?}"),
+    }
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
+}

@@ -160,6 +160,9 @@ struct Slot {
     /// Serializes "decide the amount → (top up) → sign" on the channel, and an open while its
     /// request is in flight.
     sequence: Arc<tokio::sync::Mutex<()>>,
+    /// Held shared by each charged request from before its voucher is decided until its answer
+    /// is in; a close takes it exclusively.
+    in_flight: Arc<tokio::sync::RwLock<()>>,
     /// `None` until a channel is opened.
     state: Mutex<Option<ChannelState>>,
     /// Set when the channel was closed; the slot is no longer in the client's map.
@@ -668,12 +671,18 @@ impl PayerClient {
         let target = target(url)?;
         let slot = self.open_slot(&target.origin)?;
         let mut challenge = self.challenge_for(&target).await?;
+        // Charged requests in flight on the channel get their answers first (new ones wait), so
+        // the final amount neither pays for a unit the server will refuse once closing nor
+        // falls below what it charged meanwhile.
+        let _quiet = Arc::clone(&slot.in_flight).write_owned().await;
         let _sequence = slot.sequence.lock().await;
-        let state = lock(&slot.state)
-            .clone()
-            .ok_or_else(|| ClientError::NoChannel {
-                origin: target.origin.clone(),
-            })?;
+        let no_channel = || ClientError::NoChannel {
+            origin: target.origin.clone(),
+        };
+        if slot.retired.load(Ordering::SeqCst) {
+            return Err(no_channel());
+        }
+        let state = lock(&slot.state).clone().ok_or_else(no_channel)?;
         let final_amount = state
             .committed
             .max(state.spent)
@@ -897,6 +906,7 @@ impl PayerClient {
                     Arc::new(Slot {
                         key,
                         sequence: Arc::new(tokio::sync::Mutex::new(())),
+                        in_flight: Arc::new(tokio::sync::RwLock::new(())),
                         state: Mutex::new(None),
                         retired: AtomicBool::new(false),
                     })
@@ -1287,6 +1297,13 @@ impl PayerClient {
             {
                 reserved = None;
             }
+            // Taken before the voucher is decided, once per channel (a second shared lock
+            // behind a waiting close would never be granted).
+            let in_flight = if charged && reserved.is_none() {
+                Some(Arc::clone(&slot.in_flight).read_owned().await)
+            } else {
+                None
+            };
             let need = if !charged {
                 if stream {
                     Need::Headroom { price: terms.price }
@@ -1317,11 +1334,12 @@ impl PayerClient {
                 Ok(prepared) => prepared,
                 Err(error) => break Err(error),
             };
-            if charged && reserved.is_none() {
+            if let Some(in_flight) = in_flight {
                 reserved = Some(Reservation {
                     slot: Arc::clone(&slot),
                     price: terms.price,
                     kept: false,
+                    _in_flight: in_flight,
                 });
             }
             let mut prepared = prepared;
@@ -1777,6 +1795,8 @@ struct Reservation {
     slot: Arc<Slot>,
     price: u128,
     kept: bool,
+    /// Keeps a close of the channel waiting until the request has its answer.
+    _in_flight: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 impl Reservation {
