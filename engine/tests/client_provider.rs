@@ -1358,3 +1358,161 @@ async fn a_close_waits_for_the_requests_in_flight() {
     assert_eq!(closed.final_amount, PRICE);
     assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_need_voucher_answer_overtaken_by_a_concurrent_request_is_resent() {
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::{Notify, mpsc};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(4);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // A metered stream: two events, then a need-voucher for two units. The voucher POST that
+    // answers it is held until a concurrent request's higher voucher was accepted, then judged
+    // as a server does: a voucher below the accepted one is refused.
+    #[derive(Clone)]
+    struct Rogue {
+        challenge: String,
+        accepted: Arc<Mutex<u128>>,
+        events: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>>,
+        hold_first_post: Arc<AtomicBool>,
+        post_arrived: Arc<Notify>,
+        overtaken: Arc<Notify>,
+        refused_posts: Arc<Mutex<Vec<u128>>>,
+    }
+    let rogue = Rogue {
+        challenge,
+        accepted: Arc::default(),
+        events: Arc::default(),
+        hold_first_post: Arc::new(AtomicBool::new(true)),
+        post_arrived: Arc::new(Notify::new()),
+        overtaken: Arc::new(Notify::new()),
+        refused_posts: Arc::default(),
+    };
+    let state = rogue.clone();
+    let base = serve_rogue(axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap| {
+            let rogue = state.clone();
+            async move {
+                let Some(value) = headers.get(header::AUTHORIZATION) else {
+                    return (
+                        StatusCode::PAYMENT_REQUIRED,
+                        [(header::WWW_AUTHENTICATE, rogue.challenge)],
+                    )
+                        .into_response();
+                };
+                let credential = parse_authorization(value.to_str().unwrap())
+                    .unwrap()
+                    .into_session()
+                    .unwrap();
+                let ok = |channel: B256, amount: u128| {
+                    let receipt = SessionReceipt::new(
+                        Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                        "rogue",
+                        channel,
+                        amount,
+                        amount,
+                    )
+                    .unwrap();
+                    (
+                        StatusCode::OK,
+                        [("payment-receipt", receipt.to_header_value())],
+                        "ok",
+                    )
+                        .into_response()
+                };
+                match (method, uri.path(), credential.payload) {
+                    (Method::GET, "/stream", SessionPayload::Open(open)) => {
+                        *rogue.accepted.lock().unwrap() = open.cumulative_amount;
+                        let (events, mut rx) = mpsc::unbounded_channel::<String>();
+                        for event in [
+                            "data: t0\n\n".to_owned(),
+                            "data: t1\n\n".to_owned(),
+                            format!(
+                                "event: payment-need-voucher\ndata: {{\"channelId\":\"{}\",\"requiredCumulative\":\"{}\",\"acceptedCumulative\":\"{}\",\"deposit\":\"{}\"}}\n\n",
+                                open.channel_id,
+                                2 * PRICE,
+                                open.cumulative_amount,
+                                50 * PRICE
+                            ),
+                        ] {
+                            events.send(event).unwrap();
+                        }
+                        *rogue.events.lock().unwrap() = Some(events);
+                        let body = futures_util::stream::poll_fn(move |cx| {
+                            rx.poll_recv(cx).map(|e| e.map(Ok::<_, std::io::Error>))
+                        });
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "text/event-stream")],
+                            axum::body::Body::from_stream(body),
+                        )
+                            .into_response()
+                    }
+                    (Method::POST, "/stream", SessionPayload::Voucher(voucher)) => {
+                        if rogue.hold_first_post.swap(false, Ordering::SeqCst) {
+                            rogue.post_arrived.notify_one();
+                            rogue.overtaken.notified().await;
+                        }
+                        let mut accepted = rogue.accepted.lock().unwrap();
+                        if voucher.cumulative_amount < *accepted {
+                            rogue
+                                .refused_posts
+                                .lock()
+                                .unwrap()
+                                .push(voucher.cumulative_amount);
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                [(header::CONTENT_TYPE, "application/problem+json")],
+                                r#"{"type":"https://paymentauth.org/problems/verification-failed","title":"x","status":400,"detail":"below the accepted voucher"}"#,
+                            )
+                                .into_response();
+                        }
+                        *accepted = voucher.cumulative_amount;
+                        // The voucher covers the stream: one more event, and the end.
+                        if let Some(events) = rogue.events.lock().unwrap().take() {
+                            events.send("data: t2\n\n".to_owned()).unwrap();
+                        }
+                        ok(voucher.channel_id, voucher.cumulative_amount)
+                    }
+                    (Method::GET, "/paid", SessionPayload::Voucher(voucher)) => {
+                        {
+                            let mut accepted = rogue.accepted.lock().unwrap();
+                            *accepted = (*accepted).max(voucher.cumulative_amount);
+                        }
+                        rogue.overtaken.notify_one();
+                        ok(voucher.channel_id, voucher.cumulative_amount)
+                    }
+                    _ => StatusCode::BAD_REQUEST.into_response(),
+                }
+            }
+        },
+    ))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let stream = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{base}/stream"));
+        async move {
+            let mut data = Vec::new();
+            let summary = client.stream(&url, |d| data.push(d.to_owned())).await;
+            (summary, data)
+        }
+    });
+    rogue.post_arrived.notified().await;
+    // While the need-voucher answer (two units) is in flight, a request on the same channel
+    // signs a third unit, and the server accepts it first.
+    let paid = client.get(&format!("{base}/paid")).await.unwrap();
+    assert_eq!(paid.receipt.unwrap().accepted_cumulative(), 3 * PRICE);
+    let (summary, data) = stream.await.unwrap();
+    let summary = summary.expect("the stream goes on after re-sending the highest voucher");
+    assert_eq!(data, ["t0", "t1", "t2"]);
+    assert_eq!(summary.cumulative, 3 * PRICE);
+    assert_eq!(rogue.refused_posts.lock().unwrap().as_slice(), &[2 * PRICE]);
+    assert_eq!(*rogue.accepted.lock().unwrap(), 3 * PRICE);
+}

@@ -1516,7 +1516,24 @@ impl PayerClient {
                     false,
                 )
                 .await?;
-            match self.management_outcome(slot, target, response).await? {
+            let outcome = match self.management_outcome(slot, target, response).await {
+                Ok(outcome) => outcome,
+                // Overtaken by a concurrent, higher voucher of this client (the server refuses
+                // one below what it accepted): the next round sends the highest one.
+                Err(error)
+                    if error.problem_kind() == Some(ProblemKind::VerificationFailed)
+                        && attempts < self.inner.config.max_payment_retries
+                        && lock(&slot.state)
+                            .as_ref()
+                            .is_some_and(|s| s.signed > prepared.amount) =>
+                {
+                    attempts += 1;
+                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match outcome {
                 Ok(()) => return Ok(prepared.topped_up),
                 Err(fresh) if attempts < self.inner.config.max_payment_retries => {
                     attempts += 1;
