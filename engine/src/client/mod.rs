@@ -968,9 +968,10 @@ impl PayerClient {
     /// (an error, or the caller's future dropped while a top-up or open is in flight).
     fn reserve_total(&self, old: u128, new: u128) -> Result<TotalReservation<'_>, ClientError> {
         let mut total = lock(&self.inner.total_signed);
-        let would_be = total.saturating_sub(old).saturating_add(new);
+        let base = total.saturating_sub(old);
+        let would_be = base.saturating_add(new);
         if let Some(cap) = self.inner.config.cap_total
-            && would_be > cap
+            && base.checked_add(new).is_none_or(|sum| sum > cap)
         {
             return Err(ClientError::CapExceeded {
                 scope: CapScope::Client,
