@@ -1516,3 +1516,110 @@ async fn a_need_voucher_answer_overtaken_by_a_concurrent_request_is_resent() {
     assert_eq!(rogue.refused_posts.lock().unwrap().as_slice(), &[2 * PRICE]);
     assert_eq!(*rogue.accepted.lock().unwrap(), 3 * PRICE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_receipt_and_a_greedy_demand_are_refused_without_moving_the_accounting() {
+    use axum::http::{HeaderMap, StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // `/ok` pays honestly; `/lie` answers with a receipt for far more than was signed;
+    // `/greedy` asks for a hundred units through `session/insufficient-balance`.
+    let rogue = serve_rogue(axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+        let challenge = challenge.clone();
+        async move {
+            let receipt = |channel: B256, accepted: u128| {
+                SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    accepted,
+                    accepted,
+                )
+                .unwrap()
+                .to_header_value()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            let (channel, amount) = match credential.payload {
+                SessionPayload::Open(open) => (open.channel_id, open.cumulative_amount),
+                SessionPayload::Voucher(v) => (v.channel_id, v.cumulative_amount),
+                _ => return StatusCode::BAD_REQUEST.into_response(),
+            };
+            match uri.path() {
+                "/lie" => (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt(channel, 1_000 * PRICE))],
+                    "ok",
+                )
+                    .into_response(),
+                "/greedy" => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [
+                        (header::WWW_AUTHENTICATE, challenge),
+                        (header::CONTENT_TYPE, "application/problem+json".to_owned()),
+                    ],
+                    format!(
+                        r#"{{"type":"https://paymentauth.org/problems/session/insufficient-balance","title":"x","status":402,"detail":"more","details":{{"requiredCumulative":"{}"}}}}"#,
+                        100 * PRICE
+                    ),
+                )
+                    .into_response(),
+                _ => (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt(channel, amount))],
+                    "ok",
+                )
+                    .into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    assert_eq!(
+        client.get(&format!("{rogue}/ok")).await.unwrap().status,
+        200
+    );
+    match client.get(&format!("{rogue}/lie")).await {
+        Err(ClientError::InvalidReceipt { reason, .. }) => {
+            assert!(
+                reason.contains("above the highest signed voucher"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected InvalidReceipt, got {other:?}"),
+    }
+    let channel = only_channel(&client);
+    assert_eq!(
+        (channel.signed, channel.owed, channel.accepted),
+        (2 * PRICE, PRICE, PRICE),
+        "the lie moved nothing"
+    );
+    let signatures = client.stats().vouchers_signed;
+    match client.get(&format!("{rogue}/greedy")).await {
+        Err(ClientError::Overcharge { required, owed, .. }) => {
+            // Owed: the first unit and this request (the lying answer counts for nothing), and
+            // one unit more at most.
+            assert_eq!((required, owed), (100 * PRICE, 3 * PRICE));
+        }
+        other => panic!("expected Overcharge, got {other:?}"),
+    }
+    assert_eq!(client.stats().vouchers_signed, signatures, "nothing signed");
+    assert_eq!(only_channel(&client).signed, 2 * PRICE);
+    assert_eq!(client.stats().signed_total, 2 * PRICE);
+}
