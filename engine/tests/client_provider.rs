@@ -786,3 +786,968 @@ async fn a_provider_killed_mid_batch_leaves_at_most_one_batch_charged_beyond_wha
     assert!(accepted <= channel.signed);
     assert!(channel.owed <= received * PRICE, "{channel:?}");
 }
+
+// ---- malicious servers (axum on loopback; the chain is real, for the client's own open) ----
+
+/// A `tempo`/`session` challenge for the test chain's escrow and token, paying `payee`, with
+/// `header` as the credential header.
+fn rogue_challenge(chain: &TestChain, payee: Address, header: Option<&str>) -> String {
+    use sluice_engine::protocol::{
+        Challenge, ChallengeSecret, HexAddress, SessionMethodDetails, SessionProtocol,
+        SessionRequest, Timestamp,
+    };
+    let request = SessionRequest {
+        amount: PRICE,
+        currency: HexAddress::from_address(chain.token),
+        recipient: HexAddress::from_address(payee),
+        unit_type: "request".into(),
+        suggested_deposit: None,
+        description: None,
+        external_id: None,
+        method_details: SessionMethodDetails {
+            escrow_contract: HexAddress::from_address(chain.escrow),
+            chain_id: CHAIN_ID,
+            channel_id: None,
+            min_voucher_delta: None,
+            session_protocol: Some(SessionProtocol::V1),
+            fee_payer: None,
+            fee_token: None,
+            operator: None,
+        },
+    };
+    let expires = Timestamp::from_system_time(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let mut builder =
+        Challenge::builder("rogue", "tempo", "session", request.to_json()).expires_at(expires);
+    if let Some(header) = header {
+        builder = builder.header(header);
+    }
+    builder
+        .issue(&ChallengeSecret::new([7u8; 32]).unwrap())
+        .unwrap()
+        .to_header_value()
+}
+
+/// Serves `app` on a loopback port; returns `http://127.0.0.1:port`.
+async fn serve_rogue(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_never_follows_a_redirect_to_another_origin() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+
+    const CREDENTIAL_HEADER: &str = "x-payment-credential";
+    let chain = TestChain::start().await;
+    let payer = chain.account(4);
+    chain.mint(payer.address(), 200 * PRICE).await;
+
+    // The other origin records every request it gets.
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let recorded = Arc::clone(&seen);
+    let other = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let recorded = Arc::clone(&recorded);
+        async move {
+            recorded.lock().unwrap().push(headers);
+            "thanks"
+        }
+    }))
+    .await;
+    // The provider asks for payment with its own credential header, and answers the paid
+    // request with a redirect to the other origin.
+    let challenge = rogue_challenge(&chain, chain.account(9).address(), Some(CREDENTIAL_HEADER));
+    let location = format!("{other}/loot");
+    let provider = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let challenge = challenge.clone();
+        let location = location.clone();
+        async move {
+            if headers.contains_key(CREDENTIAL_HEADER) {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, location)],
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response()
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let result = client.get(&format!("{provider}/paid")).await;
+    let leaked = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|headers| headers.contains_key(CREDENTIAL_HEADER))
+        .count();
+    assert_eq!(leaked, 0, "the credential reached another origin");
+    assert!(seen.lock().unwrap().is_empty(), "the redirect was followed");
+    match result {
+        Err(ClientError::Problem { status: 307, .. }) => {}
+        other => panic!("expected the redirect as a problem, got {other:?}"),
+    }
+    // The open was never broadcast: the client stopped using the channel (its signed amount
+    // stays counted, see `a_refused_open_stays_counted_against_the_client_cap`).
+    let channel = only_channel(&client);
+    assert!(channel.closed, "{channel:?}");
+    assert_eq!(client.stats().signed_total, channel.signed);
+    assert!(!on_chain(&chain, *channel.id.as_b256()).await.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_open_stays_counted_against_the_client_cap() {
+    use alloy::providers::Provider;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let honest = ExampleProvider::start(&chain, chain.account(9).address(), PRICE, &[]);
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 500 * PRICE).await;
+
+    // A provider that keeps every open credential it is sent and answers with a refusal,
+    // without broadcasting the transaction (yet).
+    let kept: Arc<Mutex<Vec<String>>> = Arc::default();
+    let keep = Arc::clone(&kept);
+    let rogue_payee = chain.account(8).address();
+    let challenge = rogue_challenge(&chain, rogue_payee, None);
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let keep = Arc::clone(&keep);
+        let challenge = challenge.clone();
+        async move {
+            match headers.get(header::AUTHORIZATION) {
+                Some(value) => {
+                    keep.lock().unwrap().push(value.to_str().unwrap().to_owned());
+                    (
+                        StatusCode::BAD_REQUEST,
+                        [(header::CONTENT_TYPE, "application/problem+json")],
+                        r#"{"type":"https://paymentauth.org/problems/verification-failed","title":"no","status":400,"detail":"not today"}"#,
+                    )
+                        .into_response()
+                }
+                None => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    config.cap_total = Some(2 * PRICE);
+    let client = PayerClient::new(config).unwrap();
+    assert_eq!(client.get(&honest.url("/paid")).await.unwrap().status, 200);
+    match client.get(&format!("{rogue}/paid")).await {
+        Err(error @ ClientError::Problem { status: 400, .. }) => {
+            assert_eq!(error.problem_kind(), Some(ProblemKind::VerificationFailed));
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // The refused open's voucher and transaction left the client: they stay counted.
+    assert_eq!(client.stats().signed_total, 2 * PRICE);
+    match client.get(&honest.url("/paid")).await {
+        Err(ClientError::CapExceeded {
+            scope: CapScope::Client,
+            cap,
+            would_be,
+        }) => assert_eq!((cap, would_be), (2 * PRICE, 3 * PRICE)),
+        other => panic!("expected the client cap, got {other:?}"),
+    }
+    let refused = client
+        .channels()
+        .into_iter()
+        .find(|c| c.payee == rogue_payee)
+        .expect("the refused open is listed");
+    assert!(refused.closed, "{refused:?}");
+    assert_eq!(refused.signed, PRICE);
+
+    // Why: the provider can still broadcast the open it kept, and then holds a voucher the
+    // payee can claim on chain.
+    let credential = kept.lock().unwrap()[0].clone();
+    let credential = parse_authorization(&credential)
+        .unwrap()
+        .into_session()
+        .unwrap();
+    let SessionPayload::Open(open) = credential.payload else {
+        panic!("an open credential")
+    };
+    assert_eq!(
+        (open.channel_id, open.cumulative_amount),
+        (*refused.id.as_b256(), PRICE)
+    );
+    let rpc = ProviderBuilder::new().connect_http(chain.rpc_url());
+    let mined = rpc
+        .send_raw_transaction(&open.transaction)
+        .await
+        .expect("the kept open is still valid")
+        .get_receipt()
+        .await
+        .expect("mined");
+    assert!(mined.status());
+    let on_chain = on_chain(&chain, open.channel_id).await;
+    assert!(on_chain.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(6);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let (first, second) = (chain.account(8).address(), chain.account(7).address());
+    let challenges = (
+        rogue_challenge(&chain, first, None),
+        rogue_challenge(&chain, second, None),
+    );
+
+    // Accepts every open (spent: one unit), refuses vouchers on the first channel with a
+    // fresh challenge for another payee, accepts a close as sent.
+    let first_channel: Arc<Mutex<Option<B256>>> = Arc::default();
+    let closes: Arc<Mutex<Vec<(B256, u128)>>> = Arc::default();
+    let (state, recorded) = (Arc::clone(&first_channel), Arc::clone(&closes));
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (state, recorded, challenges) =
+            (Arc::clone(&state), Arc::clone(&recorded), challenges.clone());
+        async move {
+            let receipt = |channel: B256, amount: u128| {
+                SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount.min(PRICE),
+                )
+                .unwrap()
+                .to_header_value()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenges.0)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            let ok = |channel, amount| -> Response {
+                (StatusCode::OK, [("payment-receipt", receipt(channel, amount))], "ok")
+                    .into_response()
+            };
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    state.lock().unwrap().get_or_insert(open.channel_id);
+                    ok(open.channel_id, open.cumulative_amount)
+                }
+                SessionPayload::Voucher(_) => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [
+                        (header::WWW_AUTHENTICATE, challenges.1),
+                        (header::CONTENT_TYPE, "application/problem+json".to_owned()),
+                    ],
+                    r#"{"type":"https://paymentauth.org/problems/invalid-challenge","title":"x","status":402,"detail":"pay the other payee"}"#,
+                )
+                    .into_response(),
+                SessionPayload::Close(close) => {
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push((close.channel_id, close.cumulative_amount));
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                SessionPayload::TopUp(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    let paid = client.get(&url).await.unwrap();
+    let opened = first_channel.lock().unwrap().expect("first open");
+    assert_eq!(paid.channel.map(|c| *c.as_b256()), Some(opened));
+    // The voucher on the first channel is refused; the retry pays the other payee.
+    let paid = client.get(&url).await.unwrap();
+    assert_ne!(paid.channel.map(|c| *c.as_b256()), Some(opened));
+    let first_view = client
+        .channels()
+        .into_iter()
+        .find(|c| c.payee == first)
+        .unwrap();
+    assert_eq!((first_view.owed, first_view.accepted), (PRICE, PRICE));
+    assert_eq!(
+        first_view.signed,
+        2 * PRICE,
+        "the refused voucher was signed"
+    );
+
+    // The close of the first channel pays what it was owed: one unit (the second request
+    // was paid on the other channel), not the refused voucher.
+    let closed = client.close(&url).await.unwrap();
+    assert_eq!(*closed.channel.as_b256(), opened);
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[(opened, PRICE)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_leaves_nothing_owed_behind() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(7);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts the open (one unit spent), never answers a voucher (after telling the test it
+    // arrived), accepts a close as sent.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let closes: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let (notify, recorded) = (Arc::clone(&arrived), Arc::clone(&closes));
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (notify, recorded, challenge) = (
+            Arc::clone(&notify),
+            Arc::clone(&recorded),
+            challenge.clone(),
+        );
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
+                SessionPayload::Close(close) => {
+                    recorded.lock().unwrap().push(close.cumulative_amount);
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                _ => {
+                    notify.notify_one();
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    assert_eq!(client.get(&url).await.unwrap().status, 200);
+    // The second request reaches the server, which never answers; its task is cancelled.
+    tokio::select! {
+        result = client.get(&url) => panic!("the server never answers: {result:?}"),
+        () = arrived.notified() => {}
+    }
+    let channel = only_channel(&client);
+    assert_eq!(channel.signed, 2 * PRICE, "its voucher was signed and sent");
+    assert_eq!((channel.owed, channel.accepted), (PRICE, PRICE));
+    // Nothing the server acknowledged is owed beyond the first unit: the close pays that.
+    let closed = client.close(&url).await.unwrap();
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
+}
+
+/// Broadcasts a payer-signed transaction from a credential and waits for it to be mined.
+async fn broadcast(rpc: sluice_engine::chain::RpcUrl, transaction: &Bytes) {
+    use alloy::providers::Provider;
+    let mined = ProviderBuilder::new()
+        .connect_http(rpc)
+        .send_raw_transaction(transaction)
+        .await
+        .expect("accepted by the node")
+        .get_receipt()
+        .await
+        .expect("mined");
+    assert!(mined.status(), "the transaction succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Broadcasts opens and top-ups as a provider does, but answers the first top-up with a
+    // 500 after it was mined; vouchers are accepted as sent (spent = the voucher).
+    let top_ups = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&top_ups);
+    let rpc = chain.rpc_url();
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (counted, challenge, rpc) = (Arc::clone(&counted), challenge.clone(), rpc.clone());
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    broadcast(rpc, &open.transaction).await;
+                    ok(open.channel_id, open.cumulative_amount)
+                }
+                SessionPayload::TopUp(top_up) => {
+                    broadcast(rpc, &top_up.transaction).await;
+                    if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "lost the answer").into_response()
+                    } else {
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                }
+                SessionPayload::Voucher(voucher) | SessionPayload::Close(voucher) => {
+                    ok(voucher.channel_id, voucher.cumulative_amount)
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    config.deposit = 2 * PRICE;
+    config.top_up = Some(TopUpPolicy {
+        below: 0,
+        amount: 5 * PRICE,
+    });
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{rogue}/paid");
+    for _ in 0..2 {
+        assert_eq!(client.get(&url).await.unwrap().status, 200);
+    }
+    // The third unit needs a top-up: mined, but its answer is lost.
+    match client.get(&url).await {
+        Err(ClientError::Problem { status: 500, .. }) => {}
+        other => panic!("expected the lost top-up answer, got {other:?}"),
+    }
+    let id = *only_channel(&client).id.as_b256();
+    assert_eq!(on_chain(&chain, id).await.deposit, 7 * PRICE);
+    // The client knows the deposit grew: the next unit fits without another top-up.
+    let paid = client.get(&url).await.unwrap();
+    assert_eq!(paid.receipt.unwrap().accepted_cumulative(), 3 * PRICE);
+    assert_eq!(
+        top_ups.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one top-up sent"
+    );
+    assert_eq!(on_chain(&chain, id).await.deposit, 7 * PRICE);
+    assert_eq!(only_channel(&client).deposit, 7 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_server_already_made_retires_the_channel() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(3);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts opens; answers anything else on a channel it has seen with 410 (it was closed
+    // on chain behind the client's back).
+    let finalized = (
+        StatusCode::GONE,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        r#"{"type":"https://paymentauth.org/problems/session/channel-finalized","title":"gone","status":410,"detail":"closed on chain"}"#,
+    );
+    let vouchers = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&vouchers);
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (challenge, counted) = (challenge.clone(), Arc::clone(&counted));
+        async move {
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => {
+                    let receipt = SessionReceipt::new(
+                        Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                        "rogue",
+                        open.channel_id,
+                        open.cumulative_amount,
+                        open.cumulative_amount,
+                    )
+                    .unwrap();
+                    (
+                        StatusCode::OK,
+                        [("payment-receipt", receipt.to_header_value())],
+                        "ok",
+                    )
+                        .into_response()
+                }
+                SessionPayload::Voucher(_) => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    finalized.into_response()
+                }
+                _ => finalized.into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let url = format!("{rogue}/paid");
+    let first = client.get(&url).await.unwrap().channel.unwrap();
+    match client.close(&url).await {
+        Err(error @ ClientError::Problem { status: 410, .. }) => {
+            assert_eq!(error.problem_kind(), Some(ProblemKind::ChannelFinalized));
+        }
+        other => panic!("expected the 410, got {other:?}"),
+    }
+    // The client stopped using the channel: a second close has nothing to close, and the next
+    // request opens a new channel without first trying a voucher on the dead one.
+    let channel = only_channel(&client);
+    assert!(channel.closed && channel.id == first, "{channel:?}");
+    assert!(matches!(
+        client.close(&url).await,
+        Err(ClientError::NoChannel { .. })
+    ));
+    let second = client.get(&url).await.unwrap().channel.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(vouchers.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_waits_for_the_requests_in_flight() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(2);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // Accepts the open (one unit); holds a voucher request until a close arrives and then
+    // refuses it (the channel is closing): a close sent while it is in flight would pay for a
+    // unit that is never served.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let closing = Arc::new(tokio::sync::Notify::new());
+    let closes: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let (notify_arrived, notify_closing, recorded) = (
+        Arc::clone(&arrived),
+        Arc::clone(&closing),
+        Arc::clone(&closes),
+    );
+    let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let (arrived, closing, recorded, challenge) = (
+            Arc::clone(&notify_arrived),
+            Arc::clone(&notify_closing),
+            Arc::clone(&recorded),
+            challenge.clone(),
+        );
+        async move {
+            let ok = |channel: B256, amount: u128| {
+                let receipt = SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    amount,
+                    amount,
+                )
+                .unwrap();
+                (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt.to_header_value())],
+                    "ok",
+                )
+                    .into_response()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            match credential.payload {
+                SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
+                SessionPayload::Close(close) => {
+                    recorded.lock().unwrap().push(close.cumulative_amount);
+                    closing.notify_waiters();
+                    ok(close.channel_id, close.cumulative_amount)
+                }
+                _ => {
+                    let closed = closing.notified();
+                    arrived.notify_one();
+                    closed.await;
+                    (
+                        StatusCode::GONE,
+                        [(header::CONTENT_TYPE, "application/problem+json")],
+                        r#"{"type":"https://paymentauth.org/problems/session/channel-finalized","title":"gone","status":410,"detail":"closing"}"#,
+                    )
+                        .into_response()
+                }
+            }
+        }
+    }))
+    .await;
+
+    let mut config = config(&chain, &payer);
+    // Bounds the held request (the server answers it only after a close).
+    config.http_timeout = std::time::Duration::from_secs(2);
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{rogue}/paid");
+    assert_eq!(client.get(&url).await.unwrap().status, 200);
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await }
+    });
+    arrived.notified().await;
+    // The close waits until the request in flight has its answer (here: none, its timeout),
+    // then pays what the server acknowledged.
+    let closed = client.close(&url).await.unwrap();
+    match in_flight.await.unwrap() {
+        Err(ClientError::Http(failure)) => assert!(failure.timeout, "{failure:?}"),
+        other => panic!("expected the held request to time out, got {other:?}"),
+    }
+    assert_eq!(closed.final_amount, PRICE);
+    assert_eq!(closes.lock().unwrap().as_slice(), &[PRICE]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_need_voucher_answer_overtaken_by_a_concurrent_request_is_resent() {
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::{Notify, mpsc};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(4);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // A metered stream: two events, then a need-voucher for two units. The voucher POST that
+    // answers it is held until a concurrent request's higher voucher was accepted, then judged
+    // as a server does: a voucher below the accepted one is refused.
+    #[derive(Clone)]
+    struct Rogue {
+        challenge: String,
+        accepted: Arc<Mutex<u128>>,
+        events: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>>,
+        hold_first_post: Arc<AtomicBool>,
+        post_arrived: Arc<Notify>,
+        overtaken: Arc<Notify>,
+        refused_posts: Arc<Mutex<Vec<u128>>>,
+    }
+    let rogue = Rogue {
+        challenge,
+        accepted: Arc::default(),
+        events: Arc::default(),
+        hold_first_post: Arc::new(AtomicBool::new(true)),
+        post_arrived: Arc::new(Notify::new()),
+        overtaken: Arc::new(Notify::new()),
+        refused_posts: Arc::default(),
+    };
+    let state = rogue.clone();
+    let base = serve_rogue(axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap| {
+            let rogue = state.clone();
+            async move {
+                let Some(value) = headers.get(header::AUTHORIZATION) else {
+                    return (
+                        StatusCode::PAYMENT_REQUIRED,
+                        [(header::WWW_AUTHENTICATE, rogue.challenge)],
+                    )
+                        .into_response();
+                };
+                let credential = parse_authorization(value.to_str().unwrap())
+                    .unwrap()
+                    .into_session()
+                    .unwrap();
+                let ok = |channel: B256, amount: u128| {
+                    let receipt = SessionReceipt::new(
+                        Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                        "rogue",
+                        channel,
+                        amount,
+                        amount,
+                    )
+                    .unwrap();
+                    (
+                        StatusCode::OK,
+                        [("payment-receipt", receipt.to_header_value())],
+                        "ok",
+                    )
+                        .into_response()
+                };
+                match (method, uri.path(), credential.payload) {
+                    (Method::GET, "/stream", SessionPayload::Open(open)) => {
+                        *rogue.accepted.lock().unwrap() = open.cumulative_amount;
+                        let (events, mut rx) = mpsc::unbounded_channel::<String>();
+                        for event in [
+                            "data: t0\n\n".to_owned(),
+                            "data: t1\n\n".to_owned(),
+                            format!(
+                                "event: payment-need-voucher\ndata: {{\"channelId\":\"{}\",\"requiredCumulative\":\"{}\",\"acceptedCumulative\":\"{}\",\"deposit\":\"{}\"}}\n\n",
+                                open.channel_id,
+                                2 * PRICE,
+                                open.cumulative_amount,
+                                50 * PRICE
+                            ),
+                        ] {
+                            events.send(event).unwrap();
+                        }
+                        *rogue.events.lock().unwrap() = Some(events);
+                        let body = futures_util::stream::poll_fn(move |cx| {
+                            rx.poll_recv(cx).map(|e| e.map(Ok::<_, std::io::Error>))
+                        });
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "text/event-stream")],
+                            axum::body::Body::from_stream(body),
+                        )
+                            .into_response()
+                    }
+                    (Method::POST, "/stream", SessionPayload::Voucher(voucher)) => {
+                        if rogue.hold_first_post.swap(false, Ordering::SeqCst) {
+                            rogue.post_arrived.notify_one();
+                            rogue.overtaken.notified().await;
+                        }
+                        let mut accepted = rogue.accepted.lock().unwrap();
+                        if voucher.cumulative_amount < *accepted {
+                            rogue
+                                .refused_posts
+                                .lock()
+                                .unwrap()
+                                .push(voucher.cumulative_amount);
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                [(header::CONTENT_TYPE, "application/problem+json")],
+                                r#"{"type":"https://paymentauth.org/problems/verification-failed","title":"x","status":400,"detail":"below the accepted voucher"}"#,
+                            )
+                                .into_response();
+                        }
+                        *accepted = voucher.cumulative_amount;
+                        // The voucher covers the stream: one more event, and the end.
+                        if let Some(events) = rogue.events.lock().unwrap().take() {
+                            events.send("data: t2\n\n".to_owned()).unwrap();
+                        }
+                        ok(voucher.channel_id, voucher.cumulative_amount)
+                    }
+                    (Method::GET, "/paid", SessionPayload::Voucher(voucher)) => {
+                        {
+                            let mut accepted = rogue.accepted.lock().unwrap();
+                            *accepted = (*accepted).max(voucher.cumulative_amount);
+                        }
+                        rogue.overtaken.notify_one();
+                        ok(voucher.channel_id, voucher.cumulative_amount)
+                    }
+                    _ => StatusCode::BAD_REQUEST.into_response(),
+                }
+            }
+        },
+    ))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    let stream = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{base}/stream"));
+        async move {
+            let mut data = Vec::new();
+            let summary = client.stream(&url, |d| data.push(d.to_owned())).await;
+            (summary, data)
+        }
+    });
+    rogue.post_arrived.notified().await;
+    // While the need-voucher answer (two units) is in flight, a request on the same channel
+    // signs a third unit, and the server accepts it first.
+    let paid = client.get(&format!("{base}/paid")).await.unwrap();
+    assert_eq!(paid.receipt.unwrap().accepted_cumulative(), 3 * PRICE);
+    let (summary, data) = stream.await.unwrap();
+    let summary = summary.expect("the stream goes on after re-sending the highest voucher");
+    assert_eq!(data, ["t0", "t1", "t2"]);
+    assert_eq!(summary.cumulative, 3 * PRICE);
+    assert_eq!(rogue.refused_posts.lock().unwrap().as_slice(), &[2 * PRICE]);
+    assert_eq!(*rogue.accepted.lock().unwrap(), 3 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_receipt_and_a_greedy_demand_are_refused_without_moving_the_accounting() {
+    use axum::http::{HeaderMap, StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+
+    let chain = TestChain::start().await;
+    let payer = chain.account(5);
+    chain.mint(payer.address(), 500 * PRICE).await;
+    let challenge = rogue_challenge(&chain, chain.account(8).address(), None);
+
+    // `/ok` pays honestly; `/lie` answers with a receipt for far more than was signed;
+    // `/greedy` asks for a hundred units through `session/insufficient-balance`.
+    let rogue = serve_rogue(axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+        let challenge = challenge.clone();
+        async move {
+            let receipt = |channel: B256, accepted: u128| {
+                SessionReceipt::new(
+                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+                    "rogue",
+                    channel,
+                    accepted,
+                    accepted,
+                )
+                .unwrap()
+                .to_header_value()
+            };
+            let Some(value) = headers.get(header::AUTHORIZATION) else {
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            };
+            let credential = parse_authorization(value.to_str().unwrap())
+                .unwrap()
+                .into_session()
+                .unwrap();
+            let (channel, amount) = match credential.payload {
+                SessionPayload::Open(open) => (open.channel_id, open.cumulative_amount),
+                SessionPayload::Voucher(v) => (v.channel_id, v.cumulative_amount),
+                _ => return StatusCode::BAD_REQUEST.into_response(),
+            };
+            match uri.path() {
+                "/lie" => (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt(channel, 1_000 * PRICE))],
+                    "ok",
+                )
+                    .into_response(),
+                "/greedy" => (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [
+                        (header::WWW_AUTHENTICATE, challenge),
+                        (header::CONTENT_TYPE, "application/problem+json".to_owned()),
+                    ],
+                    format!(
+                        r#"{{"type":"https://paymentauth.org/problems/session/insufficient-balance","title":"x","status":402,"detail":"more","details":{{"requiredCumulative":"{}"}}}}"#,
+                        100 * PRICE
+                    ),
+                )
+                    .into_response(),
+                _ => (
+                    StatusCode::OK,
+                    [("payment-receipt", receipt(channel, amount))],
+                    "ok",
+                )
+                    .into_response(),
+            }
+        }
+    }))
+    .await;
+
+    let client = PayerClient::new(config(&chain, &payer)).unwrap();
+    assert_eq!(
+        client.get(&format!("{rogue}/ok")).await.unwrap().status,
+        200
+    );
+    match client.get(&format!("{rogue}/lie")).await {
+        Err(ClientError::InvalidReceipt { reason, .. }) => {
+            assert!(
+                reason.contains("above the highest signed voucher"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected InvalidReceipt, got {other:?}"),
+    }
+    let channel = only_channel(&client);
+    assert_eq!(
+        (channel.signed, channel.owed, channel.accepted),
+        (2 * PRICE, PRICE, PRICE),
+        "the lie moved nothing"
+    );
+    let signatures = client.stats().vouchers_signed;
+    match client.get(&format!("{rogue}/greedy")).await {
+        Err(ClientError::Overcharge { required, owed, .. }) => {
+            // Owed: the first unit and this request (the lying answer counts for nothing), and
+            // one unit more at most.
+            assert_eq!((required, owed), (100 * PRICE, 3 * PRICE));
+        }
+        other => panic!("expected Overcharge, got {other:?}"),
+    }
+    assert_eq!(client.stats().vouchers_signed, signatures, "nothing signed");
+    assert_eq!(only_channel(&client).signed, 2 * PRICE);
+    assert_eq!(client.stats().signed_total, 2 * PRICE);
+}

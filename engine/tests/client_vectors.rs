@@ -275,3 +275,72 @@ async fn server_problems_become_typed_client_errors() {
         other => panic!("expected CapExceeded, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_expired_challenge_is_refused_before_anything_is_signed() {
+    let core = core();
+    let header = core["cases"][0]["wwwAuthenticate"]
+        .as_str()
+        .unwrap()
+        .replace("2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z");
+    assert!(header.contains("expires=\"2020-01-01T00:00:00Z\""));
+    let replay = Replay {
+        problems: Arc::new(Value::Null),
+        challenge: Arc::new(header),
+        hits: Arc::new(AtomicU64::new(0)),
+    };
+    let base = serve(replay.clone()).await;
+    // Nothing listens on port 9: a client that went on to open a channel would fail at the
+    // chain instead.
+    let client = PayerClient::new(config(ESCROW, "http://127.0.0.1:9")).unwrap();
+    match client.get(&format!("{base}/v1")).await {
+        Err(ClientError::Protocol(ProtocolError::ChallengeExpired { expires, .. })) => {
+            assert_eq!(expires, "2020-01-01T00:00:00Z");
+        }
+        other => panic!("expected ChallengeExpired, got {other:?}"),
+    }
+    assert_eq!(replay.hits.load(Ordering::SeqCst), 1, "one unpaid request");
+    assert_eq!(client.stats().vouchers_signed, 0);
+    assert_eq!(client.stats().signed_total, 0);
+    assert!(client.channels().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_cancelled_while_opening_gives_its_cap_reservation_back() {
+    let core = core();
+    let replay = Replay {
+        problems: Arc::new(Value::Null),
+        challenge: Arc::new(
+            core["cases"][0]["wwwAuthenticate"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        hits: Arc::new(AtomicU64::new(0)),
+    };
+    let base = serve(replay.clone()).await;
+    // A chain endpoint that accepts the connection and never answers: the open waits there.
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&connected);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = rpc.accept().await {
+            held.push(socket);
+            notify.notify_one();
+        }
+    });
+    let mut config = config(ESCROW, &rpc_url);
+    config.cap_total = Some(25);
+    let client = PayerClient::new(config).unwrap();
+    let url = format!("{base}/v1");
+    tokio::select! {
+        result = client.get(&url) => panic!("the chain never answers: {result:?}"),
+        () = connected.notified() => {}
+    }
+    // The task was cancelled before anything was signed: nothing stays reserved.
+    assert_eq!(client.stats().vouchers_signed, 0);
+    assert_eq!(client.stats().signed_total, 0);
+    assert!(client.channels().is_empty());
+}

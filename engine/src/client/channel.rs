@@ -86,12 +86,13 @@ pub(crate) fn plan_voucher(
         ceiling = ceiling.min(cap);
     }
     if let Some(cap) = limits.cap_total {
-        let would_be = others.saturating_add(floor);
-        if would_be > cap {
+        // An overflowing sum is above any cap (saturated to `u128::MAX`, it passed a cap of
+        // `u128::MAX`, and the voucher was then clamped below what it must cover).
+        if others.checked_add(floor).is_none_or(|sum| sum > cap) {
             return Err(ClientError::CapExceeded {
                 scope: CapScope::Client,
                 cap,
-                would_be,
+                would_be: others.saturating_add(floor),
             });
         }
         ceiling = ceiling.min(cap - others);
@@ -295,6 +296,60 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn amounts_near_u128_max_never_panic_and_keep_the_rule() {
+        let edges = [
+            0,
+            1,
+            2,
+            u128::MAX / 2,
+            u128::MAX - 2,
+            u128::MAX - 1,
+            u128::MAX,
+        ];
+        for deposit in edges {
+            for signed in edges {
+                for target in edges {
+                    for extra in [0, 1, u128::MAX] {
+                        let policy = [
+                            None,
+                            Some(TopUpPolicy {
+                                below: extra,
+                                amount: 3,
+                            }),
+                            Some(TopUpPolicy {
+                                below: 1,
+                                amount: u128::MAX,
+                            }),
+                        ];
+                        for top_up in policy {
+                            let limits = Limits {
+                                sign_ahead: extra,
+                                min_delta: extra,
+                                cap_per_channel: Some(u128::MAX),
+                                cap_total: Some(u128::MAX),
+                                top_up,
+                            };
+                            let total = signed.saturating_add(extra);
+                            match plan_voucher(CH, deposit, signed, target, total, limits) {
+                                Ok(VoucherPlan::Sign { amount, .. }) => {
+                                    assert!(
+                                        amount >= target && amount > signed,
+                                        "{deposit} {signed} {target} {extra} {top_up:?} -> {amount}"
+                                    );
+                                }
+                                Ok(VoucherPlan::Reuse { amount }) => {
+                                    assert!(amount == signed && target <= signed);
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     proptest::proptest! {

@@ -160,6 +160,9 @@ struct Slot {
     /// Serializes "decide the amount → (top up) → sign" on the channel, and an open while its
     /// request is in flight.
     sequence: Arc<tokio::sync::Mutex<()>>,
+    /// Held shared by each charged request from before its voucher is decided until its answer
+    /// is in; a close takes it exclusively.
+    in_flight: Arc<tokio::sync::RwLock<()>>,
     /// `None` until a channel is opened.
     state: Mutex<Option<ChannelState>>,
     /// Set when the channel was closed; the slot is no longer in the client's map.
@@ -272,7 +275,6 @@ struct Prepared {
 struct OpenInFlight {
     _sequence: tokio::sync::OwnedMutexGuard<()>,
     _tx: tokio::sync::OwnedMutexGuard<()>,
-    signed: u128,
 }
 
 /// A refusal as the server described it.
@@ -337,6 +339,25 @@ fn http_error(operation: &'static str, url: &reqwest::Url, error: &reqwest::Erro
         url: url.to_string(),
         message: error.to_string(),
         timeout: error.is_timeout(),
+    })
+}
+
+/// Redirects are followed only within the origin they start from (at most 10): a credential
+/// (in `Authorization` or a header the challenge names, which reqwest would not strip) never
+/// goes to another host, port or scheme. A redirect elsewhere is returned as the response.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let leaves_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() != attempt.url().origin());
+        if leaves_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
     })
 }
 
@@ -435,6 +456,7 @@ impl PayerClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(config.http_timeout)
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ClientError::InvalidConfig {
                 field: "http_timeout",
@@ -649,12 +671,18 @@ impl PayerClient {
         let target = target(url)?;
         let slot = self.open_slot(&target.origin)?;
         let mut challenge = self.challenge_for(&target).await?;
+        // Charged requests in flight on the channel get their answers first (new ones wait), so
+        // the final amount neither pays for a unit the server will refuse once closing nor
+        // falls below what it charged meanwhile.
+        let _quiet = Arc::clone(&slot.in_flight).write_owned().await;
         let _sequence = slot.sequence.lock().await;
-        let state = lock(&slot.state)
-            .clone()
-            .ok_or_else(|| ClientError::NoChannel {
-                origin: target.origin.clone(),
-            })?;
+        let no_channel = || ClientError::NoChannel {
+            origin: target.origin.clone(),
+        };
+        if slot.retired.load(Ordering::SeqCst) {
+            return Err(no_channel());
+        }
+        let state = lock(&slot.state).clone().ok_or_else(no_channel)?;
         let final_amount = state
             .committed
             .max(state.spent)
@@ -685,7 +713,20 @@ impl PayerClient {
                     false,
                 )
                 .await?;
-            match self.management_outcome(&slot, &target, response).await? {
+            let outcome = match self.management_outcome(&slot, &target, response).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    // Closed or forgotten on the server's side: the client stops using it too.
+                    if matches!(
+                        error.problem_kind(),
+                        Some(ProblemKind::ChannelNotFound | ProblemKind::ChannelFinalized)
+                    ) {
+                        self.retire(&slot);
+                    }
+                    return Err(error);
+                }
+            };
+            match outcome {
                 Ok(()) => break,
                 Err(fresh) if attempts < self.inner.config.max_payment_retries => {
                     attempts += 1;
@@ -767,6 +808,14 @@ impl PayerClient {
     /// token.
     fn terms(&self, challenge: &Challenge) -> Result<Terms, ClientError> {
         let request = challenge.session_request()?;
+        // An expired challenge is refused before anything is signed or sent (the server would
+        // refuse the credential, but an `open` would already be approved and signed).
+        if challenge.expires().is_some()
+            && let Some(now) = now()
+            && let Err(error @ ProtocolError::ChallengeExpired { .. }) = challenge.check_expiry(now)
+        {
+            return Err(error.into());
+        }
         let c = &self.inner.config;
         let details = &request.method_details;
         if details.chain_id != c.chain_id {
@@ -857,6 +906,7 @@ impl PayerClient {
                     Arc::new(Slot {
                         key,
                         sequence: Arc::new(tokio::sync::Mutex::new(())),
+                        in_flight: Arc::new(tokio::sync::RwLock::new(())),
                         state: Mutex::new(None),
                         retired: AtomicBool::new(false),
                     })
@@ -913,12 +963,15 @@ impl PayerClient {
     }
 
     /// Raises the client-wide signed total from `old` to `new` for one channel, or refuses if
-    /// that would break the client cap (re-checked here: other channels may have moved).
-    fn reserve_total(&self, old: u128, new: u128) -> Result<(), ClientError> {
+    /// that would break the client cap (re-checked here: other channels may have moved). The
+    /// reservation is given back when the guard is dropped before [`TotalReservation::signed`]
+    /// (an error, or the caller's future dropped while a top-up or open is in flight).
+    fn reserve_total(&self, old: u128, new: u128) -> Result<TotalReservation<'_>, ClientError> {
         let mut total = lock(&self.inner.total_signed);
-        let would_be = total.saturating_sub(old).saturating_add(new);
+        let base = total.saturating_sub(old);
+        let would_be = base.saturating_add(new);
         if let Some(cap) = self.inner.config.cap_total
-            && would_be > cap
+            && base.checked_add(new).is_none_or(|sum| sum > cap)
         {
             return Err(ClientError::CapExceeded {
                 scope: CapScope::Client,
@@ -927,7 +980,12 @@ impl PayerClient {
             });
         }
         *total = would_be;
-        Ok(())
+        Ok(TotalReservation {
+            total: &self.inner.total_signed,
+            reserved: new,
+            back_to: old,
+            signed: false,
+        })
     }
 
     /// Builds the credential for `need` on `slot`'s channel: opens the channel if there is
@@ -997,16 +1055,13 @@ impl PayerClient {
         let (amount, signature, topped_up) = match plan {
             VoucherPlan::Reuse { amount } => (amount, state.signature.clone(), false),
             VoucherPlan::Sign { amount, top_up } => {
-                self.reserve_total(state.signed, amount)?;
-                if top_up > 0
-                    && let Err(error) = self
-                        .top_up_locked(slot, target, challenge.clone(), top_up)
-                        .await
-                {
-                    self.release_total(amount, state.signed);
-                    return Err(error);
+                let reservation = self.reserve_total(state.signed, amount)?;
+                if top_up > 0 {
+                    self.top_up_locked(slot, target, challenge.clone(), top_up)
+                        .await?;
                 }
                 let signature = self.sign(state.id, amount);
+                reservation.signed();
                 (amount, signature, top_up > 0)
             }
         };
@@ -1069,11 +1124,6 @@ impl PayerClient {
         })
     }
 
-    fn release_total(&self, reserved: u128, back_to: u128) {
-        let mut total = lock(&self.inner.total_signed);
-        *total = total.saturating_sub(reserved).saturating_add(back_to);
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn prepare_open(
         &self,
@@ -1107,7 +1157,7 @@ impl PayerClient {
             VoucherPlan::Reuse { .. } => return Err(ClientError::ZeroPrice),
         };
         let deposit = deposit.saturating_add(top_up);
-        self.reserve_total(0, amount)?;
+        let reservation = self.reserve_total(0, amount)?;
         let opened = async {
             let wallet = self.wallet().await?;
             let tx = Arc::clone(&self.inner.tx_lock).lock_owned().await;
@@ -1119,14 +1169,9 @@ impl PayerClient {
             Ok::<_, ClientError>((tx, transaction, channel))
         }
         .await;
-        let (tx, transaction, channel) = match opened {
-            Ok(opened) => opened,
-            Err(error) => {
-                self.release_total(amount, 0);
-                return Err(error);
-            }
-        };
+        let (tx, transaction, channel) = opened?;
         let signature = self.sign(channel, amount);
+        reservation.signed();
         *lock(&slot.state) = Some(ChannelState {
             id: channel,
             payee: terms.payee,
@@ -1156,7 +1201,6 @@ impl PayerClient {
             open: Some(OpenInFlight {
                 _sequence: sequence,
                 _tx: tx,
-                signed: amount,
             }),
             _held: None,
         })
@@ -1177,8 +1221,23 @@ impl PayerClient {
         if exists {
             self.inner.counters.opens.fetch_add(1, Ordering::Relaxed);
         } else {
-            *lock(&slot.state) = None;
-            self.release_total(open.signed, 0);
+            // The server did not broadcast the open, but it holds the signed transaction and
+            // voucher and can still broadcast them until the payer's next transaction takes the
+            // nonce: the amount stays counted against the client cap, and the channel is
+            // listed as closed (the slot opens a new one next time).
+            let forgotten = lock(&slot.state).take();
+            if let Some(state) = forgotten {
+                lock(&self.inner.closed).push(ChannelSnapshot {
+                    id: ChannelId::from(state.id),
+                    origin: slot.key.origin.clone(),
+                    payee: state.payee,
+                    deposit: state.deposit,
+                    signed: state.signed,
+                    owed: state.spent,
+                    accepted: state.accepted,
+                    closed: true,
+                });
+            }
         }
         drop(open);
     }
@@ -1195,7 +1254,9 @@ impl PayerClient {
         stream: bool,
     ) -> Result<Paid, ClientError> {
         let mut challenge = self.cached_challenge(&target.route);
-        let mut reserved: Option<(Arc<Slot>, u128)> = None;
+        // The unit this request counts as owed, given back unless the request is paid (also
+        // when this future is dropped mid-request).
+        let mut reserved: Option<Reservation> = None;
         let mut floor = 0u128;
         let mut attempts = 0u32;
         // Consecutive refusals of a voucher overtaken by a concurrent, higher one.
@@ -1229,6 +1290,21 @@ impl PayerClient {
                 }
             };
             let slot = self.slot(&target.origin, terms.payee);
+            // A fresh challenge naming another payee moves the payment to another channel: the
+            // unit reserved on the first one is given back there.
+            if reserved
+                .as_ref()
+                .is_some_and(|r| !Arc::ptr_eq(&r.slot, &slot))
+            {
+                reserved = None;
+            }
+            // Taken before the voucher is decided, once per channel (a second shared lock
+            // behind a waiting close would never be granted).
+            let in_flight = if charged && reserved.is_none() {
+                Some(Arc::clone(&slot.in_flight).read_owned().await)
+            } else {
+                None
+            };
             let need = if !charged {
                 if stream {
                     Need::Headroom { price: terms.price }
@@ -1259,8 +1335,13 @@ impl PayerClient {
                 Ok(prepared) => prepared,
                 Err(error) => break Err(error),
             };
-            if charged && reserved.is_none() {
-                reserved = Some((Arc::clone(&slot), terms.price));
+            if let Some(in_flight) = in_flight {
+                reserved = Some(Reservation {
+                    slot: Arc::clone(&slot),
+                    price: terms.price,
+                    kept: false,
+                    _in_flight: in_flight,
+                });
             }
             let mut prepared = prepared;
             if prepared.open.is_none()
@@ -1307,7 +1388,12 @@ impl PayerClient {
                 if let Err(error) = check_receipt(&slot, prepared.channel, &receipt) {
                     break Err(error);
                 }
-                apply_receipt(&slot, &receipt)?;
+                if let Err(error) = apply_receipt(&slot, &receipt) {
+                    break Err(error);
+                }
+                if let Some(reservation) = reserved.take() {
+                    reservation.keep();
+                }
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
                     response,
@@ -1322,6 +1408,9 @@ impl PayerClient {
                 if let Some(open) = open.take() {
                     self.inner.counters.opens.fetch_add(1, Ordering::Relaxed);
                     drop(open);
+                }
+                if let Some(reservation) = reserved.take() {
+                    reservation.keep();
                 }
                 self.remember_challenge(&target.route, &challenge_now);
                 return Ok(Paid {
@@ -1387,12 +1476,7 @@ impl PayerClient {
             lock(&self.inner.challenges).remove(&target.route);
             challenge = fresh.map(|(c, _)| c).or(Some(challenge_now));
         };
-        if let Some((slot, price)) = reserved {
-            let mut state = lock(&slot.state);
-            if let Some(state) = state.as_mut() {
-                state.committed = state.committed.saturating_sub(price);
-            }
-        }
+        drop(reserved);
         result
     }
 
@@ -1433,7 +1517,24 @@ impl PayerClient {
                     false,
                 )
                 .await?;
-            match self.management_outcome(slot, target, response).await? {
+            let outcome = match self.management_outcome(slot, target, response).await {
+                Ok(outcome) => outcome,
+                // Overtaken by a concurrent, higher voucher of this client (the server refuses
+                // one below what it accepted): the next round sends the highest one.
+                Err(error)
+                    if error.problem_kind() == Some(ProblemKind::VerificationFailed)
+                        && attempts < self.inner.config.max_payment_retries
+                        && lock(&slot.state)
+                            .as_ref()
+                            .is_some_and(|s| s.signed > prepared.amount) =>
+                {
+                    attempts += 1;
+                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match outcome {
                 Ok(()) => return Ok(prepared.topped_up),
                 Err(fresh) if attempts < self.inner.config.max_payment_retries => {
                     attempts += 1;
@@ -1497,7 +1598,7 @@ impl PayerClient {
         &self,
         slot: &Arc<Slot>,
         target: &Target,
-        mut challenge: Challenge,
+        challenge: Challenge,
         amount: u128,
     ) -> Result<(), ClientError> {
         let channel =
@@ -1511,6 +1612,37 @@ impl PayerClient {
         let _tx = self.inner.tx_lock.lock().await;
         wallet.approve(amount).await?;
         let transaction = wallet.top_up_tx(channel, amount).await?;
+        let sent = self
+            .send_top_up(slot, target, challenge, channel, transaction, amount)
+            .await;
+        if let Err(error) = sent {
+            // The server may have broadcast the top-up and lost its answer: take the deposit
+            // from the escrow, so the next voucher does not top up a second time.
+            if let Ok(on_chain) = wallet.chain.channel(channel).await
+                && on_chain.exists()
+                && let Some(state) = lock(&slot.state).as_mut()
+            {
+                state.deposit = state.deposit.max(on_chain.deposit);
+            }
+            return Err(error);
+        }
+        if let Some(state) = lock(&slot.state).as_mut() {
+            state.deposit = state.deposit.saturating_add(amount);
+        }
+        self.inner.counters.top_ups.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// POSTs the `topUp` credential (re-sent with a fresh challenge when the server asks).
+    async fn send_top_up(
+        &self,
+        slot: &Arc<Slot>,
+        target: &Target,
+        mut challenge: Challenge,
+        channel: B256,
+        transaction: HexBytes,
+        amount: u128,
+    ) -> Result<(), ClientError> {
         let mut attempts = 0;
         loop {
             let header = self.credential_header(
@@ -1546,10 +1678,6 @@ impl PayerClient {
                 }
             }
         }
-        if let Some(state) = lock(&slot.state).as_mut() {
-            state.deposit = state.deposit.saturating_add(amount);
-        }
-        self.inner.counters.top_ups.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1648,6 +1776,62 @@ fn check_receipt(slot: &Slot, channel: B256, receipt: &Receipt) -> Result<(), Cl
         });
     }
     Ok(())
+}
+
+/// A raise of the client-wide signed total, reserved before a voucher is signed; given back on
+/// drop unless the voucher was signed.
+struct TotalReservation<'a> {
+    total: &'a Mutex<u128>,
+    reserved: u128,
+    back_to: u128,
+    signed: bool,
+}
+
+impl TotalReservation<'_> {
+    /// The voucher was signed: the raise stays.
+    fn signed(mut self) {
+        self.signed = true;
+    }
+}
+
+impl Drop for TotalReservation<'_> {
+    fn drop(&mut self) {
+        if !self.signed {
+            let mut total = lock(self.total);
+            *total = total
+                .saturating_sub(self.reserved)
+                .saturating_add(self.back_to);
+        }
+    }
+}
+
+/// One unit a charged request counts as owed on its channel while it is in flight. Given back
+/// on drop unless [`Reservation::keep`] was called: a request that fails, moves to another
+/// channel, or whose future is dropped (a cancelled task) leaves nothing owed behind; what the
+/// server did charge comes back through its receipts (`spent`, `acceptedCumulative`).
+struct Reservation {
+    slot: Arc<Slot>,
+    price: u128,
+    kept: bool,
+    /// Keeps a close of the channel waiting until the request has its answer.
+    _in_flight: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl Reservation {
+    /// The request was paid: the unit stays owed.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.kept
+            && let Some(state) = lock(&self.slot.state).as_mut()
+        {
+            state.committed = state.committed.saturating_sub(self.price);
+        }
+    }
 }
 
 fn apply_receipt(slot: &Slot, receipt: &Receipt) -> Result<(), ClientError> {

@@ -112,7 +112,7 @@ impl Wallet {
         let tx = TxEip1559 {
             chain_id: self.chain_id,
             nonce,
-            gas_limit: gas.saturating_add(gas * GAS_MARGIN_PERCENT / 100),
+            gas_limit: with_margin(gas),
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
             to: TxKind::Call(to),
@@ -224,6 +224,13 @@ impl Wallet {
     }
 }
 
+/// The gas limit for a node's estimate: the estimate plus [`GAS_MARGIN_PERCENT`], saturating
+/// (an estimate near `u64::MAX` from a faulty node must not overflow).
+fn with_margin(gas: u64) -> u64 {
+    let limit = u128::from(gas) * u128::from(100 + GAS_MARGIN_PERCENT) / 100;
+    u64::try_from(limit).unwrap_or(u64::MAX)
+}
+
 static SALT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh channel salt. It must be unique (a reused salt names an existing channel id), not
@@ -244,4 +251,18 @@ pub(crate) fn random_salt(payer: Address) -> B256 {
         material.extend_from_slice(&hasher.finish().to_be_bytes());
     }
     keccak256(material)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gas_margin_saturates_on_an_absurd_estimate() {
+        assert_eq!(with_margin(100_000), 125_000);
+        assert_eq!(with_margin(0), 0);
+        // `gas * 25` overflowed (a panic in debug builds) for estimates above u64::MAX / 25.
+        assert_eq!(with_margin(u64::MAX / 10), 2_305_843_009_213_693_951);
+        assert_eq!(with_margin(u64::MAX), u64::MAX);
+    }
 }
