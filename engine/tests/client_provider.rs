@@ -838,6 +838,51 @@ async fn serve_rogue(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// A rogue's `200` with a receipt that accepts `amount` on `channel` as spent.
+fn rogue_ok(channel: B256, amount: u128) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use sluice_engine::protocol::{SessionReceipt, Timestamp};
+    let receipt = SessionReceipt::new(
+        Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
+        "rogue",
+        channel,
+        amount,
+        amount,
+    )
+    .unwrap();
+    (
+        axum::http::StatusCode::OK,
+        [("payment-receipt", receipt.to_header_value())],
+        "ok",
+    )
+        .into_response()
+}
+
+/// The session credential a rogue received, or its `402` with `challenge` when there is none.
+#[allow(clippy::result_large_err)] // a test helper: the error is the response to send
+fn rogue_credential(
+    headers: &axum::http::HeaderMap,
+    challenge: &str,
+) -> Result<
+    sluice_engine::protocol::Credential<sluice_engine::protocol::SessionPayload>,
+    axum::response::Response,
+> {
+    use axum::response::IntoResponse;
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err((
+            axum::http::StatusCode::PAYMENT_REQUIRED,
+            [(axum::http::header::WWW_AUTHENTICATE, challenge.to_owned())],
+        )
+            .into_response());
+    };
+    Ok(
+        sluice_engine::protocol::parse_authorization(value.to_str().unwrap())
+            .unwrap()
+            .into_session()
+            .unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_never_follows_a_redirect_to_another_origin() {
     use axum::http::{HeaderMap, StatusCode, header};
@@ -1007,7 +1052,7 @@ async fn a_refused_open_stays_counted_against_the_client_cap() {
 async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
     use axum::http::{HeaderMap, StatusCode, header};
     use axum::response::{IntoResponse, Response};
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp};
 
     let chain = TestChain::start().await;
     let payer = chain.account(6);
@@ -1038,17 +1083,10 @@ async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
                 .unwrap()
                 .to_header_value()
             };
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenges.0)],
-                )
-                    .into_response();
+            let credential = match rogue_credential(&headers, &challenges.0) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             let ok = |channel, amount| -> Response {
                 (StatusCode::OK, [("payment-receipt", receipt(channel, amount))], "ok")
                     .into_response()
@@ -1110,9 +1148,8 @@ async fn a_payee_switch_on_retry_leaves_nothing_owed_on_the_first_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_request_leaves_nothing_owed_behind() {
-    use axum::http::{HeaderMap, StatusCode, header};
-    use axum::response::IntoResponse;
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use axum::http::HeaderMap;
+    use sluice_engine::protocol::SessionPayload;
 
     let chain = TestChain::start().await;
     let payer = chain.account(7);
@@ -1131,33 +1168,11 @@ async fn a_cancelled_request_leaves_nothing_owed_behind() {
             challenge.clone(),
         );
         async move {
-            let ok = |channel: B256, amount: u128| {
-                let receipt = SessionReceipt::new(
-                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
-                    "rogue",
-                    channel,
-                    amount,
-                    amount,
-                )
-                .unwrap();
-                (
-                    StatusCode::OK,
-                    [("payment-receipt", receipt.to_header_value())],
-                    "ok",
-                )
-                    .into_response()
+            let ok = rogue_ok;
+            let credential = match rogue_credential(&headers, &challenge) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                )
-                    .into_response();
-            };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             match credential.payload {
                 SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
                 SessionPayload::Close(close) => {
@@ -1207,9 +1222,9 @@ async fn broadcast(rpc: sluice_engine::chain::RpcUrl, transaction: &Bytes) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
-    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::http::{HeaderMap, StatusCode};
     use axum::response::IntoResponse;
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use sluice_engine::protocol::SessionPayload;
 
     let chain = TestChain::start().await;
     let payer = chain.account(2);
@@ -1224,33 +1239,11 @@ async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
     let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
         let (counted, challenge, rpc) = (Arc::clone(&counted), challenge.clone(), rpc.clone());
         async move {
-            let ok = |channel: B256, amount: u128| {
-                let receipt = SessionReceipt::new(
-                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
-                    "rogue",
-                    channel,
-                    amount,
-                    amount,
-                )
-                .unwrap();
-                (
-                    StatusCode::OK,
-                    [("payment-receipt", receipt.to_header_value())],
-                    "ok",
-                )
-                    .into_response()
+            let ok = rogue_ok;
+            let credential = match rogue_credential(&headers, &challenge) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                )
-                    .into_response();
-            };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             match credential.payload {
                 SessionPayload::Open(open) => {
                     broadcast(rpc, &open.transaction).await;
@@ -1306,7 +1299,7 @@ async fn a_top_up_mined_but_unacknowledged_is_not_made_twice() {
 async fn a_close_the_server_already_made_retires_the_channel() {
     use axum::http::{HeaderMap, StatusCode, header};
     use axum::response::IntoResponse;
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp};
 
     let chain = TestChain::start().await;
     let payer = chain.account(3);
@@ -1325,17 +1318,10 @@ async fn a_close_the_server_already_made_retires_the_channel() {
     let rogue = serve_rogue(axum::Router::new().fallback(move |headers: HeaderMap| {
         let (challenge, counted) = (challenge.clone(), Arc::clone(&counted));
         async move {
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                )
-                    .into_response();
+            let credential = match rogue_credential(&headers, &challenge) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             match credential.payload {
                 SessionPayload::Open(open) => {
                     let receipt = SessionReceipt::new(
@@ -1389,7 +1375,7 @@ async fn a_close_the_server_already_made_retires_the_channel() {
 async fn a_close_waits_for_the_requests_in_flight() {
     use axum::http::{HeaderMap, StatusCode, header};
     use axum::response::IntoResponse;
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use sluice_engine::protocol::SessionPayload;
 
     let chain = TestChain::start().await;
     let payer = chain.account(2);
@@ -1415,33 +1401,11 @@ async fn a_close_waits_for_the_requests_in_flight() {
             challenge.clone(),
         );
         async move {
-            let ok = |channel: B256, amount: u128| {
-                let receipt = SessionReceipt::new(
-                    Timestamp::from_system_time(std::time::SystemTime::now()).unwrap(),
-                    "rogue",
-                    channel,
-                    amount,
-                    amount,
-                )
-                .unwrap();
-                (
-                    StatusCode::OK,
-                    [("payment-receipt", receipt.to_header_value())],
-                    "ok",
-                )
-                    .into_response()
+            let ok = rogue_ok;
+            let credential = match rogue_credential(&headers, &challenge) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                )
-                    .into_response();
-            };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             match credential.payload {
                 SessionPayload::Open(open) => ok(open.channel_id, open.cumulative_amount),
                 SessionPayload::Close(close) => {
@@ -1649,7 +1613,7 @@ async fn a_need_voucher_answer_overtaken_by_a_concurrent_request_is_resent() {
 async fn a_lying_receipt_and_a_greedy_demand_are_refused_without_moving_the_accounting() {
     use axum::http::{HeaderMap, StatusCode, Uri, header};
     use axum::response::IntoResponse;
-    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp, parse_authorization};
+    use sluice_engine::protocol::{SessionPayload, SessionReceipt, Timestamp};
 
     let chain = TestChain::start().await;
     let payer = chain.account(5);
@@ -1672,17 +1636,10 @@ async fn a_lying_receipt_and_a_greedy_demand_are_refused_without_moving_the_acco
                 .unwrap()
                 .to_header_value()
             };
-            let Some(value) = headers.get(header::AUTHORIZATION) else {
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [(header::WWW_AUTHENTICATE, challenge)],
-                )
-                    .into_response();
+            let credential = match rogue_credential(&headers, &challenge) {
+                Ok(credential) => credential,
+                Err(answer) => return answer,
             };
-            let credential = parse_authorization(value.to_str().unwrap())
-                .unwrap()
-                .into_session()
-                .unwrap();
             let (channel, amount) = match credential.payload {
                 SessionPayload::Open(open) => (open.channel_id, open.cumulative_amount),
                 SessionPayload::Voucher(v) => (v.channel_id, v.cumulative_amount),
