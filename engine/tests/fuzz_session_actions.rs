@@ -6,44 +6,12 @@
 #[path = "../../fuzz/src/session_actions.rs"]
 mod session_actions;
 
-use std::path::PathBuf;
-
 use session_actions::{Report, Script};
-
-/// The seed corpus cargo-fuzz starts from (`make fuzz` / `make fuzz-smoke` pass it).
-fn seed_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/session_actions")
-}
 
 #[test]
 fn committed_seed_corpus_matches_the_seed_list() {
-    let seeds = session_actions::seeds();
-    let dir = seed_dir();
-    if std::env::var_os("SLUICE_WRITE_SEEDS").is_some() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create seed dir");
-        for (i, seed) in seeds.iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i:03}")), seed).expect("write seed");
-        }
-    }
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; regenerate with SLUICE_WRITE_SEEDS=1",
-                dir.display()
-            )
-        })
-        .map(|entry| entry.expect("dir entry").path())
-        .collect();
-    files.sort();
-    let on_disk: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| std::fs::read(f).expect("read seed"))
-        .collect();
-    assert_eq!(
-        on_disk, seeds,
-        "seed corpus is stale; regenerate with SLUICE_WRITE_SEEDS=1"
-    );
+    // The corpus cargo-fuzz starts from (`make fuzz` / `make fuzz-smoke` pass it).
+    sluice_testkit::seeds::assert_corpus_matches("session_actions", &session_actions::seeds());
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_engine::http::SSE_CONTENT_TYPE;
 use sluice_engine::protocol::{NeedVoucher, SessionReceipt, base64url_decode};
-use support::http::{PAID_PRICE, Provider, ProviderOptions, REALM, TOKEN_PRICE, challenge_of};
+use support::http::{
+    Events, PAID_PRICE, Provider, ProviderOptions, REALM, TOKEN_PRICE, challenge_of, data_of,
+};
 
 const DEPOSIT: u128 = 100_000;
 
@@ -483,35 +485,6 @@ async fn idempotency_key_replays_the_recorded_outcome_and_charges_nothing() {
     .unwrap();
     assert_eq!(provider.engine.prune_idempotency(later).unwrap(), 2);
     assert_eq!(provider.engine.prune_idempotency(later).unwrap(), 0);
-}
-
-/// Reads SSE events from a streaming response, one at a time.
-struct Events {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Events {
-    async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let event = self.buffer[..end + 2].to_owned();
-                self.buffer.drain(..end + 2);
-                return Some(event);
-            }
-            let chunk = self.response.chunk().await.expect("stream reads")?;
-            self.buffer
-                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
-        }
-    }
-}
-
-fn data_of(event: &str) -> Value {
-    let data = event
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("data line");
-    serde_json::from_str(data).expect("JSON data")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

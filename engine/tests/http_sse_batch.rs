@@ -22,7 +22,9 @@ use serde_json::Value;
 use sluice_engine::http::{PaymentLayer, SSE_CONTENT_TYPE, SseMeter};
 use sluice_engine::protocol::{Challenge, SessionReceipt};
 use sluice_engine::store::ChannelRecord;
-use support::http::{Provider, ProviderOptions, TOKEN_PRICE, TestPayer, challenge_of};
+use support::http::{
+    Events, Provider, ProviderOptions, TOKEN_PRICE, TestPayer, challenge_of, data_of,
+};
 
 const DEPOSIT: u128 = 1_000_000;
 
@@ -118,35 +120,6 @@ impl Counted {
         assert_eq!(response.status(), 402);
         challenge_of(&response)
     }
-}
-
-/// Reads SSE events from a streaming response, one at a time.
-struct Events {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Events {
-    async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let event = self.buffer[..end + 2].to_owned();
-                self.buffer.drain(..end + 2);
-                return Some(event);
-            }
-            let chunk = self.response.chunk().await.expect("stream reads")?;
-            self.buffer
-                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
-        }
-    }
-}
-
-fn data_of(event: &str) -> Value {
-    let data = event
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("data line");
-    serde_json::from_str(data).expect("JSON data")
 }
 
 fn decimal(value: &Value, field: &str) -> u128 {

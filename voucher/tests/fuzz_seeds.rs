@@ -6,42 +6,11 @@
 mod voucher_check;
 
 use sluice_voucher::Decision;
-use std::path::PathBuf;
-
-/// The seed corpus cargo-fuzz starts from (`make fuzz` / `make fuzz-smoke` pass it).
-fn seed_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/voucher_check")
-}
 
 #[test]
 fn committed_seed_corpus_matches_the_seed_list() {
-    let seeds = voucher_check::seeds();
-    let dir = seed_dir();
-    if std::env::var_os("SLUICE_WRITE_SEEDS").is_some() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create seed dir");
-        for (i, seed) in seeds.iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i:03}")), seed).expect("write seed");
-        }
-    }
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; regenerate with SLUICE_WRITE_SEEDS=1",
-                dir.display()
-            )
-        })
-        .map(|entry| entry.expect("dir entry").path())
-        .collect();
-    files.sort();
-    let on_disk: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| std::fs::read(f).expect("read seed"))
-        .collect();
-    assert_eq!(
-        on_disk, seeds,
-        "seed corpus is stale; regenerate with SLUICE_WRITE_SEEDS=1"
-    );
+    // The corpus cargo-fuzz starts from (`make fuzz` / `make fuzz-smoke` pass it).
+    sluice_testkit::seeds::assert_corpus_matches("voucher_check", &voucher_check::seeds());
 }
 
 #[test]

@@ -346,3 +346,36 @@ impl TestPayer {
 pub fn now() -> Timestamp {
     Timestamp::from_system_time(std::time::SystemTime::now()).expect("clock after 1970")
 }
+
+/// Reads SSE events from a streaming response, one at a time.
+pub struct Events {
+    /// The streaming response.
+    pub response: reqwest::Response,
+    /// Bytes read but not yet returned as an event.
+    pub buffer: String,
+}
+
+impl Events {
+    /// The next whole event (up to and including its blank line), or `None` at the end.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event = self.buffer[..end + 2].to_owned();
+                self.buffer.drain(..end + 2);
+                return Some(event);
+            }
+            let chunk = self.response.chunk().await.expect("stream reads")?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+    }
+}
+
+/// The JSON of an SSE event's `data:` line.
+pub fn data_of(event: &str) -> serde_json::Value {
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    serde_json::from_str(data).expect("JSON data")
+}
